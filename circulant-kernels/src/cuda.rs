@@ -1,0 +1,124 @@
+//! CUDA path of the op (feature `cuda`): unpacks candle's CUDA storages and calls
+//! `kernels_cuda` (cuFFT + contraction kernels). Everything stays on the GPU.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::CudaView;
+use candle_core::cuda::CudaStorage;
+use candle_core::{DType, Error, Layout, Result};
+use kernels_cuda::{BlockDims, FftFloat};
+
+use crate::dims::Dims;
+
+fn block_dims(d: Dims) -> BlockDims {
+    BlockDims {
+        n: d.n,
+        p: d.p,
+        q: d.q,
+        b: d.b,
+    }
+}
+
+/// The contiguous elements of `s` described by `l`, as a view of its `T` slice.
+fn view<'a, T: FftFloat>(what: &str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
+        Error::Msg(format!(
+            "block_circulant (cuda): internal error: non-contiguous {what} {l:?}"
+        ))
+        .bt()
+    })?;
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// The common dtype (f32 or f64) of `inputs`, which must all live on the first one's device.
+/// Errors are worded as on the CPU path.
+fn check_inputs(op: &str, inputs: &[(&str, &CudaStorage)]) -> Result<DType> {
+    let dtypes: Vec<DType> = inputs.iter().map(|(_, s)| s.dtype()).collect();
+    let (_, first) = inputs[0];
+    for &(what, s) in &inputs[1..] {
+        if s.device().id() != first.device().id() {
+            return Err(Error::Msg(format!(
+                "{op}: {what} is on {:?} but {} is on {:?}: all inputs must be on the same device",
+                s.device(),
+                inputs[0].0,
+                first.device()
+            ))
+            .bt());
+        }
+    }
+    match dtypes[0] {
+        dt @ (DType::F32 | DType::F64) if dtypes.iter().all(|&d| d == dt) => Ok(dt),
+        _ => Err(Error::Msg(format!(
+            "{op}: unsupported dtypes {dtypes:?}: inputs must all be f32 or all f64"
+        ))
+        .bt()),
+    }
+}
+
+fn forward_t<T: FftFloat>(
+    x: &CudaStorage,
+    lx: &Layout,
+    r: &CudaStorage,
+    lr: &Layout,
+    d: Dims,
+) -> Result<CudaStorage> {
+    let dev = x.device();
+    let y = kernels_cuda::forward::<T>(
+        dev,
+        &view::<T>("x", x, lx)?,
+        &view::<T>("r", r, lr)?,
+        block_dims(d),
+    )?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+fn backward_t<T: FftFloat>(
+    x: (&CudaStorage, &Layout),
+    r: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    d: Dims,
+) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let packed = kernels_cuda::backward::<T>(
+        dev,
+        &view::<T>("x", x.0, x.1)?,
+        &view::<T>("r", r.0, r.1)?,
+        &view::<T>("grad", g.0, g.1)?,
+        block_dims(d),
+    )?;
+    Ok(CudaStorage::wrap_cuda_slice(packed, dev.clone()))
+}
+
+/// `y` (n, p*b) from `x` (n, q*b) and `r` (p, q, b): contiguous (start offsets allowed),
+/// f32 or f64, same device.
+pub(crate) fn forward(
+    x: &CudaStorage,
+    lx: &Layout,
+    r: &CudaStorage,
+    lr: &Layout,
+    d: Dims,
+) -> Result<CudaStorage> {
+    match check_inputs("block_circulant", &[("x", x), ("r", r)])? {
+        DType::F64 => forward_t::<f64>(x, lx, r, lr, d),
+        _ => forward_t::<f32>(x, lx, r, lr, d),
+    }
+}
+
+/// Packed `[dx (n*q*b) ; dr (p*q*b)]` from `x` (n, q*b), `r` (p, q, b) and `g` = dL/dy
+/// (n, p*b); see `kernels_cuda::backward` for the formulas.
+pub(crate) fn backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    r: &CudaStorage,
+    lr: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+    d: Dims,
+) -> Result<CudaStorage> {
+    match check_inputs(
+        "block_circulant_backward",
+        &[("x", x), ("r", r), ("grad", g)],
+    )? {
+        DType::F64 => backward_t::<f64>((x, lx), (r, lr), (g, lg), d),
+        _ => backward_t::<f32>((x, lx), (r, lr), (g, lg), d),
+    }
+}

@@ -1,0 +1,73 @@
+//! Circulant and block-circulant projections as differentiable candle ops.
+//!
+//! The circulant projection of Cheng et al. (ICCV 2015, "An exploration of parameter redundancy
+//! in deep networks with circulant projections") replaces a dense `d × d` weight by `circ(r)`,
+//! computed with real FFTs in O(d log d). [`block_circulant`] generalises it to a `p × q` grid of
+//! `b × b` circulant blocks (CirCNN); [`circulant`] is the case `p = q = 1`.
+//!
+//! Both functions are differentiable in `x` and `r` through candle's autograd. CPU tensors of
+//! dtype f32 and f64 are computed exactly in that dtype; f16 and bf16 are computed in f32 and
+//! returned in the input dtype. With the `cuda` feature, CUDA tensors run on the GPU.
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod dims;
+mod fft;
+mod op;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use dims::Dims;
+
+/// Block-circulant projection: `x: (..., q*b)`, `r: (p, q, b)` → `y: (..., p*b)` with
+/// `y[n, i*b + s] = Σ_j Σ_t r[i, j, (s - t) mod b] · x[n, j*b + t]`.
+///
+/// Block `(i, j)` of the weight matrix is the circulant matrix whose first column is `r[i, j, :]`.
+pub fn block_circulant(x: &Tensor, r: &Tensor) -> Result<Tensor> {
+    let dims = Dims::new("block_circulant", x.dims(), r.dims())?;
+    apply(x, r, dims, "block_circulant")
+}
+
+/// Circulant projection `y = circ(r) · x`: `x: (..., n)`, `r: (n,)` → `y: (..., n)`, where
+/// `circ(r)` is the `n × n` circulant matrix whose first column is `r`.
+pub fn circulant(x: &Tensor, r: &Tensor) -> Result<Tensor> {
+    let &[n] = r.dims() else {
+        bail!(
+            "circulant: r must have rank 1 (n,), got shape {:?}",
+            r.dims()
+        )
+    };
+    let dims = Dims::new("circulant", x.dims(), &[1, 1, n])?;
+    apply(x, &r.reshape((1, 1, n))?, dims, "circulant")
+}
+
+fn apply(x: &Tensor, r: &Tensor, dims: Dims, op: &str) -> Result<Tensor> {
+    check_device(x.device(), r.device(), op)?;
+    match (x.dtype(), r.dtype()) {
+        (DType::F32, DType::F32) | (DType::F64, DType::F64) => {
+            x.contiguous()?
+                .apply_op2(&r.contiguous()?, op::Forward { dims })
+        }
+        (dt @ (DType::F16 | DType::BF16), dr) if dr == dt => {
+            let (x32, r32) = (x.to_dtype(DType::F32)?, r.to_dtype(DType::F32)?);
+            apply(&x32, &r32, dims, op)?.to_dtype(dt)
+        }
+        (dx, dr) => bail!(
+            "{op}: x is {dx:?} and r is {dr:?}: both must have the same dtype, one of f32, f64, f16, bf16"
+        ),
+    }
+}
+
+fn check_device(x: &Device, r: &Device, op: &str) -> Result<()> {
+    if !x.same_device(r) {
+        bail!("{op}: x is on {x:?} but r is on {r:?}: both must be on the same device")
+    }
+    match x {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) if cfg!(feature = "cuda") => Ok(()),
+        Device::Cuda(_) => bail!(
+            "{op}: CUDA tensors need the `cuda` feature of circulant-kernels (build with --features cuda)"
+        ),
+        Device::Metal(_) => bail!("{op}: Metal devices are not supported; use the CPU or CUDA"),
+    }
+}
