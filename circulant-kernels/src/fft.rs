@@ -76,7 +76,7 @@ impl<T: Real> Workspace<'_, T> {
     pub fn irfft(&mut self, spec: &mut [Complex<T>], out: &mut [T]) -> Result<()> {
         // The spectrum of a real signal has real DC and Nyquist terms; drop rounding residue.
         spec[0].im = T::zero();
-        if out.len() % 2 == 0 {
+        if out.len().is_multiple_of(2) {
             spec[spec.len() - 1].im = T::zero();
         }
         self.plans
