@@ -6,7 +6,8 @@
 //! - weight gradient: `dR̂[i,j] = Σ_n conj(X̂[n,j]) · Ĝ[n,i]`, summed over the batch in the
 //!   frequency domain, then one inverse FFT per block.
 //!
-//! The batch is split into one contiguous range of rows per rayon thread, so results only depend
+//! The forward pass keeps `X̂` so the backward pass needs no FFT of `x` (4 FFTs per sample in
+//! all, the minimum). The batch is split into one contiguous range of rows per rayon thread, so results only depend
 //! on the thread count (partial sums are reduced in a fixed order).
 
 use crate::dims::Dims;
@@ -15,8 +16,23 @@ use candle_core::Result;
 use rayon::prelude::*;
 use realfft::num_complex::Complex;
 
-/// `y = x Wᵀ` for the block-circulant `W` given by `r`; `x`: (n, q*b), `r`: (p, q, b).
-pub(crate) fn forward<T: Real>(x: &[T], r: &[T], d: Dims) -> Result<Vec<T>> {
+/// Real FFTs of every length-b block of `x`: (n, q*b) → n*q spectra of b/2+1 values.
+pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
+    let nf = d.freqs();
+    let mut xs = vec![Complex::default(); d.n * d.q * nf];
+    if xs.is_empty() {
+        return Ok(xs);
+    }
+    let plans = Plans::<T>::new(d.b);
+    let rows = rows_per_task(d.n);
+    xs.par_chunks_mut(rows * d.q * nf)
+        .zip(x.par_chunks(rows * d.q * d.b))
+        .try_for_each(|(xs, x)| plans.workspace().rfft_blocks(x, xs))?;
+    Ok(xs)
+}
+
+/// `y = x Wᵀ` for the block-circulant `W` given by `r: (p, q, b)`, from `xs = spectra(x)`.
+pub(crate) fn forward<T: Real>(xs: &[Complex<T>], r: &[T], d: Dims) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); d.n * d.p * d.b];
     if y.is_empty() {
         return Ok(y);
@@ -26,16 +42,13 @@ pub(crate) fn forward<T: Real>(x: &[T], r: &[T], d: Dims) -> Result<Vec<T>> {
     let rs = weight_spectra(&plans, r, d)?;
     let rows = rows_per_task(d.n);
     y.par_chunks_mut(rows * d.p * d.b)
-        .zip(x.par_chunks(rows * d.q * d.b))
-        .try_for_each(|(y, x)| {
+        .zip(xs.par_chunks(rows * d.q * nf))
+        .try_for_each(|(y, xs)| {
             let mut ws = plans.workspace();
-            let mut xs = vec![Complex::default(); d.q * nf];
             let mut acc = vec![Complex::default(); nf];
-            for (y, x) in y.chunks_exact_mut(d.p * d.b).zip(x.chunks_exact(d.q * d.b)) {
-                ws.rfft_blocks(x, &mut xs)?;
-                for (i, y) in y.chunks_exact_mut(d.b).enumerate() {
-                    let row = &rs[i * d.q * nf..(i + 1) * d.q * nf];
-                    contract(row.chunks_exact(nf), xs.chunks_exact(nf), &mut acc, false);
+            for (y, xs) in y.chunks_exact_mut(d.p * d.b).zip(xs.chunks_exact(d.q * nf)) {
+                for (y, rs) in y.chunks_exact_mut(d.b).zip(rs.chunks_exact(d.q * nf)) {
+                    contract(rs.chunks_exact(nf), xs.chunks_exact(nf), &mut acc, false);
                     ws.irfft(&mut acc, y)?;
                 }
             }
@@ -44,8 +57,8 @@ pub(crate) fn forward<T: Real>(x: &[T], r: &[T], d: Dims) -> Result<Vec<T>> {
     Ok(y)
 }
 
-/// Gradients of `sum(y * g)`: `dx` (n*q*b values) followed by `dr` (p*q*b values).
-pub(crate) fn backward<T: Real>(x: &[T], r: &[T], g: &[T], d: Dims) -> Result<Vec<T>> {
+/// Gradients of `sum(y * g)`, given `xs = spectra(x)`: `dx` (n*q*b values) then `dr` (p*q*b).
+pub(crate) fn backward<T: Real>(xs: &[Complex<T>], r: &[T], g: &[T], d: Dims) -> Result<Vec<T>> {
     let (p, q, b) = (d.p, d.q, d.b);
     let mut out = vec![T::zero(); d.packed_grad_len()];
     if d.n == 0 {
@@ -58,20 +71,18 @@ pub(crate) fn backward<T: Real>(x: &[T], r: &[T], g: &[T], d: Dims) -> Result<Ve
     let rows = rows_per_task(d.n);
     let partials = dx
         .par_chunks_mut(rows * q * b)
-        .zip(x.par_chunks(rows * q * b))
+        .zip(xs.par_chunks(rows * q * nf))
         .zip(g.par_chunks(rows * p * b))
-        .map(|((dx, x), g)| {
+        .map(|((dx, xs), g)| {
             let mut ws = plans.workspace();
-            let mut xs = vec![Complex::default(); q * nf];
             let mut gs = vec![Complex::default(); p * nf];
             let mut acc = vec![Complex::default(); nf];
             let mut drs = vec![Complex::<T>::default(); p * q * nf];
-            for ((dx, x), g) in dx
+            for ((dx, xs), g) in dx
                 .chunks_exact_mut(q * b)
-                .zip(x.chunks_exact(q * b))
+                .zip(xs.chunks_exact(q * nf))
                 .zip(g.chunks_exact(p * b))
             {
-                ws.rfft_blocks(x, &mut xs)?;
                 ws.rfft_blocks(g, &mut gs)?;
                 for (j, dx) in dx.chunks_exact_mut(b).enumerate() {
                     let col = rs[j * nf..].chunks(nf).step_by(q);
@@ -131,7 +142,7 @@ fn contract<'a, T: Real>(
 }
 
 fn inv_len<T: Real>(b: usize) -> T {
-    T::from_f64(1.0 / b as f64).unwrap_or_else(T::one)
+    <T as candle_core::WithDType>::from_f64(1.0 / b as f64)
 }
 
 /// Rows per parallel task: one contiguous range per rayon thread.

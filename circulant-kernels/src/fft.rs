@@ -5,24 +5,43 @@ use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, FftNum, RealFftPlanner, RealToComplex};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// Spectra of an input, kept by the forward pass for the backward pass.
+pub(crate) enum Spectra {
+    F32(Vec<Complex<f32>>),
+    F64(Vec<Complex<f64>>),
+}
+
 /// A float type the CPU kernels run in (f32 or f64), with its process-wide FFT planner.
-pub(crate) trait Real: FftNum + Default {
+pub(crate) trait Real: FftNum + Default + candle_core::WithDType {
     /// The planner shared by every call; it caches plans per length.
     fn planner() -> &'static Mutex<RealFftPlanner<Self>>;
+    /// Wraps spectra of this type.
+    fn wrap(spectra: Vec<Complex<Self>>) -> Spectra;
+    /// The spectra, if they are of this type.
+    fn unwrap(spectra: &Spectra) -> Option<&[Complex<Self>]>;
 }
 
 macro_rules! impl_real {
-    ($t:ty) => {
+    ($t:ty, $variant:ident) => {
         impl Real for $t {
             fn planner() -> &'static Mutex<RealFftPlanner<$t>> {
                 static PLANNER: OnceLock<Mutex<RealFftPlanner<$t>>> = OnceLock::new();
                 PLANNER.get_or_init(|| Mutex::new(RealFftPlanner::new()))
             }
+            fn wrap(spectra: Vec<Complex<$t>>) -> Spectra {
+                Spectra::$variant(spectra)
+            }
+            fn unwrap(spectra: &Spectra) -> Option<&[Complex<$t>]> {
+                match spectra {
+                    Spectra::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
         }
     };
 }
-impl_real!(f32);
-impl_real!(f64);
+impl_real!(f32, F32);
+impl_real!(f64, F64);
 
 /// Forward and inverse real FFTs of one length.
 pub(crate) struct Plans<T: Real> {

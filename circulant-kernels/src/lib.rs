@@ -45,8 +45,9 @@ fn apply(x: &Tensor, r: &Tensor, dims: Dims, op: &str) -> Result<Tensor> {
     check_device(x.device(), r.device(), op)?;
     match (x.dtype(), r.dtype()) {
         (DType::F32, DType::F32) | (DType::F64, DType::F64) => {
+            let keep_spectra = x.track_op() || r.track_op();
             x.contiguous()?
-                .apply_op2(&r.contiguous()?, op::Forward { dims })
+                .apply_op2(&r.contiguous()?, op::Forward::new(dims, keep_spectra))
         }
         (dt @ (DType::F16 | DType::BF16), dr) if dr == dt => {
             let (x32, r32) = (x.to_dtype(DType::F32)?, r.to_dtype(DType::F32)?);

@@ -1,18 +1,54 @@
 //! The candle custom ops: `Forward` (differentiable) and `Backward` (packed dx and dr).
 
+use crate::cpu;
 use crate::dims::Dims;
-use crate::{cpu, fft::Real};
+use crate::fft::{Real, Spectra};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
 /// `y = block_circulant(x, r)`; both inputs are contiguous (the public functions ensure it).
 pub(crate) struct Forward {
-    pub dims: Dims,
+    dims: Dims,
+    /// Keep the spectra of x for the backward pass (set when a gradient may be asked for).
+    keep_spectra: bool,
+    saved: Mutex<Option<Arc<Spectra>>>,
 }
 
-/// `[dx ; dr]` flattened, from `(x, r, g)`.
+impl Forward {
+    pub fn new(dims: Dims, keep_spectra: bool) -> Self {
+        Self {
+            dims,
+            keep_spectra,
+            saved: Mutex::new(None),
+        }
+    }
+
+    fn cpu<T: Real>(&self, x: &[T], r: &[T]) -> Result<Vec<T>> {
+        let xs = cpu::spectra(x, self.dims)?;
+        let y = cpu::forward(&xs, r, self.dims)?;
+        if self.keep_spectra {
+            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(T::wrap(xs)));
+        }
+        Ok(y)
+    }
+}
+
+/// `[dx ; dr]` flattened, from `(x, r, g)`, reusing the forward pass's spectra of x if present.
 pub(crate) struct Backward {
-    pub dims: Dims,
+    dims: Dims,
+    x_spectra: Option<Arc<Spectra>>,
+}
+
+impl Backward {
+    fn cpu<T: Real>(&self, x: &[T], r: &[T], g: &[T]) -> Result<Vec<T>> {
+        let xs = match self.x_spectra.as_deref().and_then(T::unwrap) {
+            Some(xs) => Cow::Borrowed(xs),
+            None => Cow::Owned(cpu::spectra(x, self.dims)?),
+        };
+        cpu::backward(&xs, r, g, self.dims)
+    }
 }
 
 /// The contiguous data of a CPU tensor of element type `T`.
@@ -21,17 +57,6 @@ fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<
         Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
         None => bail!("block_circulant: internal error: non-contiguous input {l:?}"),
     }
-}
-
-fn run<T: Real + candle_core::WithDType>(
-    inputs: &[(&CpuStorage, &Layout)],
-    kernel: impl FnOnce(&[&[T]]) -> Result<Vec<T>>,
-) -> Result<CpuStorage> {
-    let slices = inputs
-        .iter()
-        .map(|(s, l)| data::<T>(s, l))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(T::to_cpu_storage_owned(kernel(&slices)?))
 }
 
 fn dtype_error(op: &str, storages: &[&CpuStorage]) -> candle_core::Error {
@@ -53,18 +78,16 @@ impl CustomOp2 for Forward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = self.dims;
-        let inputs = [(s1, l1), (s2, l2)];
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                run::<f32>(&inputs, |v| cpu::forward(v[0], v[1], d))?
+                CpuStorage::F32(self.cpu(data(s1, l1)?, data(s2, l2)?)?)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                run::<f64>(&inputs, |v| cpu::forward(v[0], v[1], d))?
+                CpuStorage::F64(self.cpu(data(s1, l1)?, data(s2, l2)?)?)
             }
             _ => return Err(dtype_error(self.name(), &[s1, s2])),
         };
-        Ok((out, d.out_shape(l1.shape())))
+        Ok((out, self.dims.out_shape(l1.shape())))
     }
 
     #[cfg(feature = "cuda")]
@@ -87,8 +110,11 @@ impl CustomOp2 for Forward {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = self.dims;
-        let g = g.contiguous()?;
-        let packed = x.apply_op3_no_bwd(r, &g, &Backward { dims: d })?;
+        let op = Backward {
+            dims: d,
+            x_spectra: self.saved.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        let packed = x.apply_op3_no_bwd(r, &g.contiguous()?, &op)?;
         let dx_len = d.n * d.q * d.b;
         let dx = packed.narrow(0, 0, dx_len)?.reshape(x.shape())?;
         let dr = packed
@@ -112,18 +138,16 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = self.dims;
-        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                run::<f32>(&inputs, |v| cpu::backward(v[0], v[1], v[2], d))?
+                CpuStorage::F32(self.cpu(data(s1, l1)?, data(s2, l2)?, data(s3, l3)?)?)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                run::<f64>(&inputs, |v| cpu::backward(v[0], v[1], v[2], d))?
+                CpuStorage::F64(self.cpu(data(s1, l1)?, data(s2, l2)?, data(s3, l3)?)?)
             }
             _ => return Err(dtype_error(self.name(), &[s1, s2, s3])),
         };
-        Ok((out, Shape::from(d.packed_grad_len())))
+        Ok((out, Shape::from(self.dims.packed_grad_len())))
     }
 
     #[cfg(feature = "cuda")]
