@@ -31,15 +31,15 @@ pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
     Ok(xs)
 }
 
-/// `y = x Wᵀ` for the block-circulant `W` given by `r: (p, q, b)`, from `xs = spectra(x)`.
-pub(crate) fn forward<T: Real>(xs: &[Complex<T>], r: &[T], d: Dims) -> Result<Vec<T>> {
+/// `y = x Wᵀ` for the block-circulant `W` given by `r: (p, q, b)`, from `xs = spectra(x)` and
+/// `rs = weight_spectra(r)`.
+pub(crate) fn forward<T: Real>(xs: &[Complex<T>], rs: &[Complex<T>], d: Dims) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); d.n * d.p * d.b];
     if y.is_empty() {
         return Ok(y);
     }
     let plans = Plans::<T>::new(d.b);
     let nf = d.freqs();
-    let rs = weight_spectra(&plans, r, d)?;
     let rows = rows_per_task(d.n);
     y.par_chunks_mut(rows * d.p * d.b)
         .zip(xs.par_chunks(rows * d.q * nf))
@@ -57,8 +57,14 @@ pub(crate) fn forward<T: Real>(xs: &[Complex<T>], r: &[T], d: Dims) -> Result<Ve
     Ok(y)
 }
 
-/// Gradients of `sum(y * g)`, given `xs = spectra(x)`: `dx` (n*q*b values) then `dr` (p*q*b).
-pub(crate) fn backward<T: Real>(xs: &[Complex<T>], r: &[T], g: &[T], d: Dims) -> Result<Vec<T>> {
+/// Gradients of `sum(y * g)`, given `xs = spectra(x)` and `rs = weight_spectra(r)`:
+/// `dx` (n*q*b values) then `dr` (p*q*b values).
+pub(crate) fn backward<T: Real>(
+    xs: &[Complex<T>],
+    rs: &[Complex<T>],
+    g: &[T],
+    d: Dims,
+) -> Result<Vec<T>> {
     let (p, q, b) = (d.p, d.q, d.b);
     let mut out = vec![T::zero(); d.packed_grad_len()];
     if d.n == 0 {
@@ -66,7 +72,6 @@ pub(crate) fn backward<T: Real>(xs: &[Complex<T>], r: &[T], g: &[T], d: Dims) ->
     }
     let plans = Plans::<T>::new(b);
     let nf = d.freqs();
-    let rs = weight_spectra(&plans, r, d)?;
     let (dx, dr) = out.split_at_mut(d.n * q * b);
     let rows = rows_per_task(d.n);
     let partials = dx
@@ -92,7 +97,7 @@ pub(crate) fn backward<T: Real>(xs: &[Complex<T>], r: &[T], g: &[T], d: Dims) ->
                 for (dr_i, g_i) in drs.chunks_exact_mut(q * nf).zip(gs.chunks_exact(nf)) {
                     for (dr_ij, x_j) in dr_i.chunks_exact_mut(nf).zip(xs.chunks_exact(nf)) {
                         for ((acc, x), g) in dr_ij.iter_mut().zip(x_j).zip(g_i) {
-                            *acc = *acc + x.conj() * g;
+                            *acc += x.conj() * g;
                         }
                     }
                 }
@@ -104,10 +109,10 @@ pub(crate) fn backward<T: Real>(xs: &[Complex<T>], r: &[T], g: &[T], d: Dims) ->
     let mut drs = partials.into_iter();
     let mut total = drs.next().unwrap_or_default();
     for part in drs {
-        total.iter_mut().zip(&part).for_each(|(t, v)| *t = *t + v);
+        total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
     }
     let scale = inv_len::<T>(b);
-    total.iter_mut().for_each(|v| *v = *v * scale);
+    total.iter_mut().for_each(|v| *v *= scale);
     dr.par_chunks_mut(b)
         .zip(total.par_chunks_mut(nf))
         .try_for_each(|(dr, spec)| plans.workspace().irfft(spec, dr))?;
@@ -115,14 +120,15 @@ pub(crate) fn backward<T: Real>(xs: &[Complex<T>], r: &[T], g: &[T], d: Dims) ->
 }
 
 /// `R̂ / b` for every block of `r` (p*q spectra of b/2+1 values), so inverse FFTs need no scaling.
-fn weight_spectra<T: Real>(plans: &Plans<T>, r: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
+pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
+    let plans = Plans::<T>::new(d.b);
     let nf = d.freqs();
     let mut rs = vec![Complex::default(); d.p * d.q * nf];
     rs.par_chunks_mut(nf)
         .zip(r.par_chunks(d.b))
         .try_for_each(|(spec, block)| plans.workspace().rfft_blocks(block, spec))?;
     let scale = inv_len::<T>(d.b);
-    rs.iter_mut().for_each(|v| *v = *v * scale);
+    rs.iter_mut().for_each(|v| *v *= scale);
     Ok(rs)
 }
 

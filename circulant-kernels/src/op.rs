@@ -11,9 +11,15 @@ use std::sync::{Arc, Mutex};
 /// `y = block_circulant(x, r)`; both inputs are contiguous (the public functions ensure it).
 pub(crate) struct Forward {
     dims: Dims,
-    /// Keep the spectra of x for the backward pass (set when a gradient may be asked for).
+    /// Keep the spectra of x and r for the backward pass (set when a gradient may be asked for).
     keep_spectra: bool,
-    saved: Mutex<Option<Arc<Spectra>>>,
+    saved: Mutex<Option<Arc<Saved>>>,
+}
+
+/// Spectra computed by the forward pass that the backward pass needs again.
+struct Saved {
+    x: Spectra,
+    r: Spectra,
 }
 
 impl Forward {
@@ -26,28 +32,40 @@ impl Forward {
     }
 
     fn cpu<T: Real>(&self, x: &[T], r: &[T]) -> Result<Vec<T>> {
-        let xs = cpu::spectra(x, self.dims)?;
-        let y = cpu::forward(&xs, r, self.dims)?;
+        let d = self.dims;
+        let (xs, rs) = rayon::join(|| cpu::spectra(x, d), || cpu::weight_spectra(r, d));
+        let (xs, rs) = (xs?, rs?);
+        let y = cpu::forward(&xs, &rs, d)?;
         if self.keep_spectra {
-            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(T::wrap(xs)));
+            let saved = Saved {
+                x: T::wrap(xs),
+                r: T::wrap(rs),
+            };
+            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(saved));
         }
         Ok(y)
     }
 }
 
-/// `[dx ; dr]` flattened, from `(x, r, g)`, reusing the forward pass's spectra of x if present.
+/// `[dx ; dr]` flattened, from `(x, r, g)`, reusing the forward pass's spectra where present.
 pub(crate) struct Backward {
     dims: Dims,
-    x_spectra: Option<Arc<Spectra>>,
+    saved: Option<Arc<Saved>>,
 }
 
 impl Backward {
     fn cpu<T: Real>(&self, x: &[T], r: &[T], g: &[T]) -> Result<Vec<T>> {
-        let xs = match self.x_spectra.as_deref().and_then(T::unwrap) {
+        let d = self.dims;
+        let saved = self.saved.as_deref();
+        let xs = match saved.and_then(|s| T::unwrap(&s.x)) {
             Some(xs) => Cow::Borrowed(xs),
-            None => Cow::Owned(cpu::spectra(x, self.dims)?),
+            None => Cow::Owned(cpu::spectra(x, d)?),
         };
-        cpu::backward(&xs, r, g, self.dims)
+        let rs = match saved.and_then(|s| T::unwrap(&s.r)) {
+            Some(rs) => Cow::Borrowed(rs),
+            None => Cow::Owned(cpu::weight_spectra(r, d)?),
+        };
+        cpu::backward(&xs, &rs, g, d)
     }
 }
 
@@ -112,7 +130,7 @@ impl CustomOp2 for Forward {
         let d = self.dims;
         let op = Backward {
             dims: d,
-            x_spectra: self.saved.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            saved: self.saved.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let packed = x.apply_op3_no_bwd(r, &g.contiguous()?, &op)?;
         let dx_len = d.n * d.q * d.b;
@@ -162,5 +180,45 @@ impl CustomOp3 for Backward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let out = crate::cuda::backward(s1, l1, s2, l2, s3, l3, self.dims)?;
         Ok((out, Shape::from(self.dims.packed_grad_len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The backward op recomputes the spectra when the forward pass kept none.
+    #[test]
+    fn backward_without_saved_spectra_matches_autograd() {
+        let dev = Device::Cpu;
+        let d = Dims::new("t", &[3, 14], &[2, 2, 7]).unwrap();
+        let x = Var::from_tensor(&Tensor::rand(-1f64, 1., (3, 14), &dev).unwrap()).unwrap();
+        let r = Var::from_tensor(&Tensor::rand(-1f64, 1., (2, 2, 7), &dev).unwrap()).unwrap();
+        let g = Tensor::rand(-1f64, 1., (3, 14), &dev).unwrap();
+        let y = crate::block_circulant(&x, &r).unwrap();
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let op = Backward {
+            dims: d,
+            saved: None,
+        };
+        let packed = x.apply_op3_no_bwd(&r, &g, &op).unwrap();
+        let want = Tensor::cat(
+            &[
+                grads.get(&x).unwrap().flatten_all().unwrap(),
+                grads.get(&r).unwrap().flatten_all().unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let err: f64 = (packed - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(err < 1e-12, "max abs err {err}");
     }
 }
