@@ -15,6 +15,7 @@ mod cuda;
 mod dims;
 mod fft;
 mod op;
+mod parallel;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use dims::Dims;

@@ -33,8 +33,7 @@ impl Forward {
 
     fn cpu<T: Real>(&self, x: &[T], r: &[T]) -> Result<Vec<T>> {
         let d = self.dims;
-        let (xs, rs) = rayon::join(|| cpu::spectra(x, d), || cpu::weight_spectra(r, d));
-        let (xs, rs) = (xs?, rs?);
+        let (xs, rs) = (cpu::spectra(x, d)?, cpu::weight_spectra(r, d)?);
         let y = cpu::forward(&xs, &rs, d)?;
         if self.keep_spectra {
             let saved = Saved {
