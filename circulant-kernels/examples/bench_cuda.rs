@@ -105,7 +105,11 @@ mod bench {
 
     pub fn main() -> Result<()> {
         let quick = std::env::args().any(|a| a == "--quick");
-        let dev = Device::new_cuda(0)?;
+        let dev = Device::new_cuda(0).map_err(|e| {
+            let reason = e.to_string();
+            let reason = reason.lines().next().unwrap_or_default().to_string();
+            candle_core::Error::Msg(format!("bench_cuda: no CUDA device: {reason}"))
+        })?;
         let (dense_dims, circ_dims, batches): (&[usize], &[usize], &[usize]) = if quick {
             (&[1024, 4096], &[1 << 16], &[1, 128])
         } else {

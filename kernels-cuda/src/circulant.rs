@@ -1,0 +1,211 @@
+//! Forward and backward of the block-circulant projection on the GPU:
+//! batched real FFTs (cuFFT), a per-frequency contraction kernel, inverse real FFTs.
+
+use candle_core::cuda::{CudaDevice, WrapErr};
+use candle_core::{Error, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+use crate::dtype::FftFloat;
+use crate::kernels::{complex_to_real, contract, real_to_complex, Contraction, Sizes};
+use crate::plan::{lock, plan};
+
+/// Rows per cuFFT execution are limited so that one execution covers at most this many real
+/// elements (keeps 32-bit plans valid and bounds a plan's work area).
+const MAX_ELEMS_PER_EXEC: usize = 1 << 27;
+
+/// Shapes of one call: `x` is (n, q*b), `r` is (p, q, b), `y` is (n, p*b), all row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockDims {
+    /// Batch rows.
+    pub n: usize,
+    /// Output blocks.
+    pub p: usize,
+    /// Input blocks.
+    pub q: usize,
+    /// Block size (FFT length).
+    pub b: usize,
+}
+
+impl BlockDims {
+    fn mul(&self, factors: &[usize]) -> Result<usize> {
+        factors
+            .iter()
+            .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+            .ok_or_else(|| {
+                Error::Msg(format!("circulant (cuda): sizes {self:?} overflow usize")).bt()
+            })
+    }
+
+    /// Elements of `x`: n * q * b.
+    pub fn x_len(&self) -> Result<usize> {
+        self.mul(&[self.n, self.q, self.b])
+    }
+
+    /// Elements of `r`: p * q * b.
+    pub fn r_len(&self) -> Result<usize> {
+        self.mul(&[self.p, self.q, self.b])
+    }
+
+    /// Elements of `y` (and of its gradient): n * p * b.
+    pub fn y_len(&self) -> Result<usize> {
+        self.mul(&[self.n, self.p, self.b])
+    }
+
+    fn is_degenerate(&self) -> bool {
+        self.n == 0 || self.p == 0 || self.q == 0 || self.b == 0
+    }
+
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            n: self.n,
+            p: self.p,
+            q: self.q,
+            nf: self.b / 2 + 1,
+            b: self.b,
+        }
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize, d: BlockDims) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Msg(format!(
+            "circulant (cuda): {what} has {got} elements, expected {want} for {d:?}"
+        ))
+        .bt())
+    }
+}
+
+fn cufft_err(
+    what: &'static str,
+    len: usize,
+    rows: usize,
+) -> impl FnOnce(cudarc::cufft::result::CufftError) -> Error {
+    move |e| {
+        Error::wrap(e).context(format!(
+            "circulant (cuda): cuFFT {what} (length {len}, batch {rows})"
+        ))
+    }
+}
+
+/// Splits `rows` transforms of length `len` into executions of at most
+/// `MAX_ELEMS_PER_EXEC` elements: (first row, rows) pairs.
+fn chunks(rows: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let per = (MAX_ELEMS_PER_EXEC / len.max(1)).max(1);
+    (0..rows)
+        .step_by(per)
+        .map(move |start| (start, per.min(rows - start)))
+}
+
+/// Half spectra (rows, len/2+1) of `rows` contiguous real signals of length `len`.
+fn rfft<T: FftFloat>(
+    dev: &CudaDevice,
+    input: &CudaView<'_, T>,
+    len: usize,
+    rows: usize,
+) -> Result<CudaSlice<T::Complex>> {
+    let nf = len / 2 + 1;
+    // SAFETY: every element is written by the transforms below.
+    let mut out = unsafe { dev.alloc::<T::Complex>(rows * nf)? };
+    if len == 1 {
+        real_to_complex::<T>(dev, input, &mut out.slice_mut(..))?;
+        return Ok(out);
+    }
+    for (start, count) in chunks(rows, len) {
+        let shared = plan(dev, len, count, T::FORWARD)?;
+        let plan = lock(&shared);
+        dev.cuda_stream().context().bind_to_thread().w()?;
+        let src = input.slice(start * len..(start + count) * len);
+        let mut dst = out.slice_mut(start * nf..(start + count) * nf);
+        T::exec_forward(&plan, &src, &mut dst).map_err(cufft_err("forward", len, count))?;
+    }
+    Ok(out)
+}
+
+/// Real signals from half spectra, written into `out` (rows * len). Unnormalised: the
+/// contraction kernels fold in 1/len. Overwrites `spectra`.
+fn irfft<T: FftFloat>(
+    dev: &CudaDevice,
+    spectra: &mut CudaSlice<T::Complex>,
+    out: &mut CudaViewMut<'_, T>,
+    len: usize,
+    rows: usize,
+) -> Result<()> {
+    let nf = len / 2 + 1;
+    if len == 1 {
+        return complex_to_real::<T>(dev, &spectra.slice(..), out);
+    }
+    for (start, count) in chunks(rows, len) {
+        let shared = plan(dev, len, count, T::INVERSE)?;
+        let plan = lock(&shared);
+        dev.cuda_stream().context().bind_to_thread().w()?;
+        let mut src = spectra.slice_mut(start * nf..(start + count) * nf);
+        let mut dst = out.slice_mut(start * len..(start + count) * len);
+        T::exec_inverse(&plan, &mut src, &mut dst).map_err(cufft_err("inverse", len, count))?;
+    }
+    Ok(())
+}
+
+/// `y` (n, p*b) with `y[n, i*b+s] = sum_j sum_t r[i,j,(s-t) mod b] x[n, j*b+t]`, from `x`
+/// (n, q*b) and `r` (p, q, b), contiguous, on `dev`. Stays on the GPU.
+pub fn forward<T: FftFloat>(
+    dev: &CudaDevice,
+    x: &CudaView<'_, T>,
+    r: &CudaView<'_, T>,
+    d: BlockDims,
+) -> Result<CudaSlice<T>> {
+    check_len("x", x.len(), d.x_len()?, d)?;
+    check_len("r", r.len(), d.r_len()?, d)?;
+    let y_len = d.y_len()?;
+    if d.is_degenerate() {
+        return dev.alloc_zeros::<T>(y_len);
+    }
+    let s = d.sizes();
+    let xf = rfft(dev, x, d.b, d.n * d.q)?;
+    let rf = rfft(dev, r, d.b, d.p * d.q)?;
+    let mut yf = contract::<T>(dev, Contraction::Forward, &xf, &rf, s, 1.0 / d.b as f64)?;
+    drop(xf);
+    // SAFETY: every element is written by the inverse transform.
+    let mut y = unsafe { dev.alloc::<T>(y_len)? };
+    irfft(dev, &mut yf, &mut y.slice_mut(..), d.b, d.n * d.p)?;
+    Ok(y)
+}
+
+/// Gradients of [`forward`] given `g` = dL/dy (n, p*b), packed as one buffer
+/// `[dx (n*q*b) ; dr (p*q*b)]`:
+/// `dx[n, j*b+t] = sum_i sum_s g[n, i*b+s] r[i,j,(s-t) mod b]`,
+/// `dr[i,j,u] = sum_n sum_s g[n, i*b+s] x[n, j*b+(s-u) mod b]` (batch summed in frequency).
+pub fn backward<T: FftFloat>(
+    dev: &CudaDevice,
+    x: &CudaView<'_, T>,
+    r: &CudaView<'_, T>,
+    g: &CudaView<'_, T>,
+    d: BlockDims,
+) -> Result<CudaSlice<T>> {
+    let x_len = d.x_len()?;
+    let r_len = d.r_len()?;
+    check_len("x", x.len(), x_len, d)?;
+    check_len("r", r.len(), r_len, d)?;
+    check_len("grad", g.len(), d.y_len()?, d)?;
+    if d.is_degenerate() {
+        return dev.alloc_zeros::<T>(x_len + r_len);
+    }
+    let s = d.sizes();
+    let scale = 1.0 / d.b as f64;
+    let gf = rfft(dev, g, d.b, d.n * d.p)?;
+    let rf = rfft(dev, r, d.b, d.p * d.q)?;
+    let mut dxf = contract::<T>(dev, Contraction::GradX, &gf, &rf, s, scale)?;
+    drop(rf);
+    let xf = rfft(dev, x, d.b, d.n * d.q)?;
+    let mut drf = contract::<T>(dev, Contraction::GradR, &xf, &gf, s, scale)?;
+    drop((xf, gf));
+    // SAFETY: every element is written by the two inverse transforms.
+    let mut out = unsafe { dev.alloc::<T>(x_len + r_len)? };
+    {
+        let (mut dx, mut dr) = out.split_at_mut(x_len);
+        irfft(dev, &mut dxf, &mut dx, d.b, d.n * d.q)?;
+        irfft(dev, &mut drf, &mut dr, d.b, d.p * d.q)?;
+    }
+    Ok(out)
+}

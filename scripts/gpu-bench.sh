@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build, here (no GPU needed), what a GPU machine needs to run the CUDA tests and the GPU
+# benchmark, into one folder to carry there; then run scripts/gpu-run.sh on the GPU machine.
+#
+#   scripts/gpu-bench.sh [OUT]   # OUT defaults to target-gpu (ignored by git: /target-*)
+#
+# OUT/bin.tar.xz holds stripped release binaries: bench_cuda (circulant vs cuBLAS dense
+# table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_training (tests/tests/cuda_training.rs).
+# They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
+# NVRTC, cudart) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch wheel's copies.
+# Toolkit and build cache as in scripts/check-cuda.sh (CIRCULANT_CACHE).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${1:-$ROOT/target-gpu}
+CACHE=${CIRCULANT_CACHE:-$HOME/.cache/circulant}
+mkdir -p "$CACHE" "$OUT/bin"
+OUT=$(cd "$OUT" && pwd)
+
+bash "$ROOT/scripts/prepare-cuda-toolkit.sh" "$CACHE/cuda-13.0"
+# shellcheck disable=SC1091
+source "$CACHE/cuda-13.0/env.sh"
+export CARGO_TARGET_DIR=$CACHE/target-cuda
+cd "$ROOT"
+
+# (kernels-cuda/cuda is named too, in case circulant-kernels' `cuda` feature does not forward it.)
+cargo build --release --features cuda,kernels-cuda/cuda -p circulant-kernels --example bench_cuda
+cp "$CARGO_TARGET_DIR/release/examples/bench_cuda" "$OUT/bin/bench_cuda"
+
+# Test executables: cargo prints their paths as JSON artifacts.
+cargo test --release --features cuda -p kernels-cuda -p circulant-kernels -p circulant-tests \
+  --test cuda --test cuda_training --no-run --message-format=json-render-diagnostics |
+  python3 -c '
+import json, shutil, sys
+names = {"cuda": "cuda_ops", "cuda_training": "cuda_training"}
+found = set()
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] in names:
+        name = names[msg["target"]["name"]]
+        shutil.copy(msg["executable"], sys.argv[1] + "/" + name)
+        found.add(name)
+missing = set(names.values()) - found
+if missing:
+    sys.exit("gpu-bench: test executables not built: " + ", ".join(sorted(missing)))
+' "$OUT/bin"
+
+strip "$OUT"/bin/*
+ls -l "$OUT/bin"
+# ~150 MB of binaries (candle's PTX is embedded in each) compress to ~20 MB: what is carried
+# (the device runner carries at most 64 MiB) is OUT/bin.tar.xz; gpu-run.sh unpacks it.
+tar -C "$OUT" -cf - bin | xz -T0 -6 > "$OUT/bin.tar.xz.tmp"
+mv "$OUT/bin.tar.xz.tmp" "$OUT/bin.tar.xz"
+rm -rf "$OUT/bin"
+du -sh "$OUT"
+echo "gpu-bench: carry $(realpath --relative-to="$ROOT" "$OUT" 2>/dev/null || echo "$OUT") and run scripts/gpu-run.sh on the GPU machine"

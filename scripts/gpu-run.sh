@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# On a GPU machine (NVIDIA driver >= 580, PyTorch with CUDA 13 wheels), from the repository
+# root: runs the CUDA tests and the GPU benchmark built by scripts/gpu-bench.sh, then the
+# PyTorch comparison (bench/torch_circulant.py) on the same card.
+#
+#   scripts/gpu-run.sh [BIN_DIR]   # BIN_DIR defaults to target-gpu/bin (unpacked from
+#                                  # target-gpu/bin.tar.xz when missing)
+#   BENCH_ARGS=--quick scripts/gpu-run.sh   # smaller benchmark table
+#
+# Results are also written under $OUT (or ./gpu-results) as markdown / logs.
+# Never put the toolkit's libcuda stub on LD_LIBRARY_PATH here: libcuda.so.1 is the driver's.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${1:-$ROOT/target-gpu/bin}
+RESULTS=${OUT:-$ROOT/gpu-results}
+mkdir -p "$RESULTS"
+
+# The CUDA 13 user-space libraries of PyTorch's nvidia-* wheels.
+LIB=$(python3 - <<'PY'
+import os, sys
+for p in sys.path:
+    d = os.path.join(p, "nvidia", "cu13", "lib")
+    if os.path.isdir(d):
+        print(d)
+        break
+PY
+)
+if [[ -n $LIB ]]; then
+  export LD_LIBRARY_PATH=$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "gpu-run: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+else
+  echo "gpu-run: no nvidia/cu13/lib in python's site-packages; relying on the system's CUDA libraries"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$RESULTS/gpu.txt"
+
+# scripts/gpu-bench.sh leaves the binaries packed in target-gpu/bin.tar.xz; they are unpacked
+# outside the checkout (150 MB) unless BIN_DIR is given.
+PACK=$ROOT/target-gpu/bin.tar.xz
+if [[ ! -d $BIN && -z ${1:-} && -f $PACK ]]; then
+  UNPACK=${TMPDIR:-/tmp}/circulant-gpu-$$
+  echo "gpu-run: unpacking $PACK into $UNPACK"
+  mkdir -p "$UNPACK"
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+    "$PACK" "$UNPACK" || exit 2
+  BIN=$UNPACK/bin
+fi
+
+status=0
+for b in cuda_ops cuda_training bench_cuda; do
+  if [[ ! -x $BIN/$b ]]; then
+    echo "gpu-run: $BIN/$b missing: run scripts/gpu-bench.sh first and carry its folder" >&2
+    exit 2
+  fi
+  if ldd "$BIN/$b" | grep "not found"; then
+    echo "gpu-run: $b cannot find the libraries above" >&2
+    exit 2
+  fi
+done
+
+for t in cuda_ops cuda_training; do
+  echo "== $t"
+  "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
+  if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then
+    echo "gpu-run: $t skipped its tests: no usable CUDA device on this machine" >&2
+    status=1
+  fi
+done
+
+echo "== bench_cuda"
+# shellcheck disable=SC2086
+"$BIN/bench_cuda" ${BENCH_ARGS:-} | tee "$RESULTS/bench_cuda.md" || status=1
+
+if [[ -f $ROOT/bench/torch_circulant.py ]]; then
+  # Correctness on the card first, then the same table as bench_cuda (TORCH_ARGS overrides).
+  if [[ ${BENCH_ARGS:-} == *--quick* ]]; then
+    DEFAULT_TORCH_ARGS="--quick --batches 1,128"
+  else
+    DEFAULT_TORCH_ARGS="--batches 1,128,1024 --max-dense-gib 20 --max-seconds-per-case 5"
+  fi
+  echo "== bench/torch_circulant.py --device cuda --check"
+  python3 "$ROOT/bench/torch_circulant.py" --device cuda --check 2>&1 | tee "$RESULTS/torch_check.log" || status=1
+  echo "== bench/torch_circulant.py --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS}"
+  # shellcheck disable=SC2086
+  python3 "$ROOT/bench/torch_circulant.py" --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS} \
+    --json "$RESULTS/torch_circulant.json" | tee "$RESULTS/torch_circulant.md" || status=1
+else
+  echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
+fi
+exit $status
