@@ -5,8 +5,8 @@
 
 use candle_core::{Device, Module, Tensor, Var};
 use circulant_kernels::{block_circulant, circulant};
+use rayon::prelude::*;
 use realfft::RealFftPlanner;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Median wall time of `f` in milliseconds: one warm-up, then repeats for ~`budget` (3 to 50 runs).
@@ -39,32 +39,27 @@ fn time_op(budget: Duration, x: &Var, op: impl Fn(&Tensor) -> Tensor) -> (f64, f
 }
 
 /// The FFTs the op cannot avoid: 4 real FFTs of length d per sample (rfft x, irfft y,
-/// rfft g, irfft dx), planned once, batch split across candle's CPU threads (as the op does).
+/// rfft g, irfft dx), planned once, batch split across rayon's threads (as the op does).
 fn fft_floor_ms(budget: Duration, d: usize, batch: usize) -> f64 {
     let mut planner = RealFftPlanner::<f32>::new();
     let (fwd, inv) = (planner.plan_fft_forward(d), planner.plan_fft_inverse(d));
-    let pool = candle_core::utils::barrier_pool();
-    let rows = batch.div_ceil(pool.n_workers() + 1);
-    let chunks: Vec<Mutex<Vec<f32>>> = (0..batch.div_ceil(rows))
-        .map(|_| Mutex::new(vec![0.5f32; rows * d]))
-        .collect();
+    let mut data = vec![0.5f32; batch * d];
+    let rows = batch.div_ceil(rayon::current_num_threads());
     median_ms(budget, || {
-        pool.execute_chunked(chunks.len(), |range| {
+        data.par_chunks_mut(rows * d).for_each(|chunk| {
             let mut spec = fwd.make_output_vec();
             let mut scratch = fwd.make_scratch_vec();
             scratch.resize(scratch.len().max(inv.get_scratch_len()), Default::default());
-            for k in range {
-                for row in chunks[k].lock().unwrap().chunks_exact_mut(d) {
-                    for _ in 0..2 {
-                        fwd.process_with_scratch(row, &mut spec, &mut scratch)
-                            .unwrap();
-                        spec[0].im = 0.0;
-                        if d.is_multiple_of(2) {
-                            spec[d / 2].im = 0.0;
-                        }
-                        inv.process_with_scratch(&mut spec, row, &mut scratch)
-                            .unwrap();
+            for row in chunk.chunks_exact_mut(d) {
+                for _ in 0..2 {
+                    fwd.process_with_scratch(row, &mut spec, &mut scratch)
+                        .unwrap();
+                    spec[0].im = 0.0;
+                    if d.is_multiple_of(2) {
+                        spec[d / 2].im = 0.0;
                     }
+                    inv.process_with_scratch(&mut spec, row, &mut scratch)
+                        .unwrap();
                 }
             }
         })
@@ -79,8 +74,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = Duration::from_secs(if quick { 2 } else { 3 });
     println!(
-        "threads: {} (candle's CPU pool), dtype f32, median ms\n",
-        candle_core::utils::get_num_threads()
+        "threads: {} (rayon), dtype f32, median ms\n",
+        rayon::current_num_threads()
     );
     println!("| case | d | batch | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|");
     let dims: &[usize] = if quick {

@@ -7,7 +7,7 @@
 //!   frequency domain, then one inverse FFT per block.
 //!
 //! The forward pass keeps `X̂` and `R̂` so the backward pass needs no FFT of x or r (4 FFTs per
-//! sample in all, the minimum). Rows are split across candle's CPU threads (see `parallel`).
+//! sample in all, the minimum). Rows are split across threads (see `parallel`).
 
 use crate::dims::Dims;
 use crate::fft::{Plans, Real};
