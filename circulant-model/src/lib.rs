@@ -1,0 +1,33 @@
+//! Layers and networks with circulant fully-connected heads.
+//!
+//! - [`CirculantLinear`]: the FC layer of "An exploration of parameter redundancy in deep networks
+//!   with circulant projections" (paper mode) or its block-circulant (CirCNN) generalisation;
+//!   [`DenseLinear`] is the baseline.
+//! - [`Model`]: `mnist-cnn`, `mlp`, `cifar-cnn` and `alexnet`, each FC layer dense or circulant
+//!   ([`Head`]), seeded initialisation, seeded dropout, safetensors checkpoints that carry their
+//!   own config.
+
+pub mod batch_norm;
+mod builder;
+pub mod checkpoint;
+pub mod config;
+pub mod conv;
+mod cpu;
+pub mod dropout;
+pub mod error;
+pub mod init;
+pub mod linear;
+mod model;
+mod networks;
+pub mod pool;
+pub mod report;
+
+pub use batch_norm::BatchNorm2d;
+pub use config::{Head, InputSpec, ModelConfig, Network};
+pub use conv::Conv2dLayer;
+pub use dropout::dropout;
+pub use error::{Error, Result};
+pub use linear::{CirculantLinear, CirculantMode, DenseLinear, FcLayer};
+pub use model::{Mode, Model};
+pub use pool::max_pool2d;
+pub use report::{LayerParams, ParamReport};

@@ -1,0 +1,260 @@
+//! Save -> load round trips and checkpoint errors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use circulant_model::checkpoint::to_safetensors_bytes;
+use circulant_model::{Error, Head, Mode, Model, ModelConfig, Network};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn tmp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "circulant-model-test-{test}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn random_input(cfg: &ModelConfig, n: usize, seed: u64) -> Tensor {
+    let inp = &cfg.input;
+    let len = n * inp.channels * inp.height * inp.width;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, (n, inp.channels, inp.height, inp.width), &Device::Cpu).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+fn round_trip(cfg: ModelConfig, dir: &std::path::Path) -> u64 {
+    let dev = Device::Cpu;
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    let x = random_input(&cfg, 3, 5);
+    // A train-mode pass changes the batch-norm running statistics, which must be saved too.
+    model.forward(&x, Mode::Train { dropout_seed: 9 }).unwrap();
+    let path = dir.join(format!("{}-{}.safetensors", cfg.network, cfg.heads.len()));
+    model.save(&path).unwrap();
+    let loaded = Model::load(&path, &dev).unwrap();
+    assert_eq!(loaded.config(), &cfg);
+    assert_eq!(Model::read_config(&path).unwrap(), cfg);
+    for (mode, what) in [
+        (Mode::Eval, "eval"),
+        (Mode::Train { dropout_seed: 4 }, "train"),
+    ] {
+        let a = model.forward(&x, mode).unwrap();
+        let b = loaded.forward(&x, mode).unwrap();
+        assert_eq!(bits(&a), bits(&b), "{} {what}", cfg.network);
+    }
+    let ta = model.tensors();
+    let tb = loaded.tensors();
+    assert_eq!(ta.len(), tb.len());
+    for ((na, a), (nb, b)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert_eq!(bits(a), bits(b), "{na}");
+    }
+    std::fs::metadata(&path).unwrap().len()
+}
+
+#[test]
+fn save_load_is_bit_identical() {
+    let dir = tmp_dir("roundtrip");
+    let size = round_trip(
+        ModelConfig::new(Network::MnistCnn, Head::Circulant, 10, 1),
+        &dir,
+    );
+    println!("mnist-cnn circulant checkpoint: {size} bytes");
+    round_trip(
+        ModelConfig::new(Network::Mlp, Head::Dense, 10, 2).with_head("fc2", Head::Block(64)),
+        &dir,
+    );
+    let mut cfg = ModelConfig::new(Network::CifarCnn, Head::Block(256), 10, 3);
+    cfg.sign_flip = false;
+    cfg.input.mean = vec![0.5, 0.25, 0.125];
+    round_trip(cfg, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn write(path: &std::path::Path, tensors: &[(String, Tensor)], cfg: &ModelConfig) {
+    std::fs::write(path, to_safetensors_bytes(tensors, cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn load_errors_are_clear() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("errors");
+    let cfg = ModelConfig::new(Network::Mlp, Head::Circulant, 10, 1);
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    let tensors = model.tensors();
+    let path = dir.join("bad.safetensors");
+
+    // Wrong shape.
+    let mut bad = tensors.clone();
+    for (name, t) in bad.iter_mut() {
+        if name == "fc2.r" {
+            *t = Tensor::zeros(1000, candle_core::DType::F32, &dev).unwrap();
+        }
+    }
+    write(&path, &bad, &cfg);
+    let err = Model::load(&path, &dev).err().unwrap();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("fc2.r") && msg.contains("1000") && msg.contains("1024"),
+        "{msg}"
+    );
+
+    // Missing tensor.
+    let missing: Vec<_> = tensors
+        .iter()
+        .filter(|(n, _)| n != "fc1.signs")
+        .cloned()
+        .collect();
+    write(&path, &missing, &cfg);
+    let err = Model::load(&path, &dev).err().unwrap();
+    assert!(
+        err.to_string().contains("missing tensor `fc1.signs`"),
+        "{err}"
+    );
+
+    // Unexpected tensor (a checkpoint of another head).
+    let mut extra = tensors.clone();
+    extra.push((
+        "fc1.weight".into(),
+        Tensor::zeros((1024, 784), candle_core::DType::F32, &dev).unwrap(),
+    ));
+    write(&path, &extra, &cfg);
+    let err = Model::load(&path, &dev).err().unwrap();
+    assert!(err.to_string().contains("fc1.weight"), "{err}");
+
+    // Unknown network.
+    let json = cfg.to_json().unwrap();
+    let bad_json = json.replace("\"network\":\"mlp\"", "\"network\":\"vgg\"");
+    assert_ne!(json, bad_json);
+    let views: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (
+                n.clone(),
+                t.dims().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let raw = |meta: Option<HashMap<String, String>>| {
+        let vs: Vec<(String, safetensors::tensor::TensorView)> = views
+            .iter()
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::tensor::serialize(vs, meta).unwrap()
+    };
+    std::fs::write(
+        &path,
+        raw(Some(HashMap::from([("config".to_string(), bad_json)]))),
+    )
+    .unwrap();
+    let err = Model::load(&path, &dev).err().unwrap();
+    assert!(
+        matches!(err, Error::UnknownNetwork(ref n) if n == "vgg"),
+        "{err}"
+    );
+    assert!(Model::read_config(&path).is_err());
+
+    // No config.
+    std::fs::write(&path, raw(None)).unwrap();
+    let err = Model::load(&path, &dev).err().unwrap();
+    assert!(matches!(err, Error::MissingConfig { .. }), "{err}");
+    assert!(err.to_string().contains("bad.safetensors"), "{err}");
+
+    // Not a safetensors file; no file at all.
+    std::fs::write(&path, b"hello").unwrap();
+    assert!(Model::load(&path, &dev).is_err());
+    assert!(Model::load(dir.join("nope.safetensors"), &dev).is_err());
+    assert!(Model::read_config(dir.join("nope.safetensors")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn save_is_atomic_and_overwrites() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("atomic");
+    let path = dir.join("m.safetensors");
+    let a = Model::new(ModelConfig::new(Network::Mlp, Head::Circulant, 10, 1), &dev).unwrap();
+    let b = Model::new(ModelConfig::new(Network::Mlp, Head::Dense, 3, 2), &dev).unwrap();
+    a.save(&path).unwrap();
+    b.save(&path).unwrap();
+    assert_eq!(Model::read_config(&path).unwrap(), *b.config());
+    // Only the checkpoint is left in the directory (no temp files).
+    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+    // Saving into a missing directory is an error naming the path.
+    let err = a.save(dir.join("missing/m.safetensors")).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoint_layout() {
+    // Header names, shapes, dtypes and metadata as documented in docs/CHECKPOINT_FORMAT.md.
+    let dev = Device::Cpu;
+    let cfg =
+        ModelConfig::new(Network::MnistCnn, Head::Circulant, 10, 1).with_head("fc1", Head::Dense);
+    let m = Model::new(cfg.clone(), &dev).unwrap();
+    let bytes = to_safetensors_bytes(&m.tensors(), &cfg).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "conv1.bias",
+            "conv1.weight",
+            "conv2.bias",
+            "conv2.weight",
+            "fc1.bias",
+            "fc1.weight",
+            "fc2.bias",
+            "fc2.r",
+            "fc2.signs"
+        ]
+    );
+    for (name, shape) in [
+        ("conv1.weight", vec![32, 1, 5, 5]),
+        ("fc1.weight", vec![1024, 1024]),
+        ("fc2.r", vec![1024]),
+        ("fc2.signs", vec![1024]),
+        ("fc2.bias", vec![10]),
+    ] {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.shape(), shape.as_slice(), "{name}");
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
+    assert_eq!(json["network"], "mnist-cnn");
+    assert_eq!(json["heads"]["fc1"], "dense");
+    assert_eq!(json["heads"]["fc2"], "circulant");
+    assert_eq!(json["num_classes"], 10);
+    assert_eq!(json["seed"], 1);
+    assert_eq!(json["sign_flip"], true);
+    assert_eq!(json["input"]["channels"], 1);
+    assert_eq!(json["input"]["height"], 28);
+    assert_eq!(json["input"]["std"][0], 1.0);
+}
