@@ -1,0 +1,269 @@
+//! Command-line interface (clap derive).
+
+use std::path::PathBuf;
+
+use circulant_model::{Head, Network};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Train, evaluate and run networks with circulant fully-connected heads.
+#[derive(Parser, Debug)]
+#[command(name = "trainer", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a network (or resume a run) and write checkpoints, metrics.jsonl and curves.png.
+    Train(Box<TrainArgs>),
+    /// Top-1 (and top-5) accuracy and loss of a checkpoint on a dataset's test split.
+    Eval(EvalArgs),
+    /// Class and probabilities for PNG/JPEG images.
+    Predict(PredictArgs),
+    /// Network, heads, parameters per layer and compression of a checkpoint.
+    Info(InfoArgs),
+    /// Measure image-folder decode throughput (images/s) of the training pipeline.
+    #[command(hide = true)]
+    BenchDecode(BenchDecodeArgs),
+}
+
+/// A dataset the trainer can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// MNIST idx files (raw or .gz) from --data-dir, or the Hugging Face hub.
+    Mnist,
+    /// Fashion-MNIST idx files from --data-dir, /usr/share/datasets/fashion-mnist, or the hub.
+    FashionMnist,
+    /// CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin) or an image folder.
+    Cifar10,
+    /// ImageNet layout: DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg (or test/).
+    Imagefolder,
+    /// Generated, learnable data for smoke tests (no files needed).
+    Synthetic,
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Imagefolder => "imagefolder",
+            DatasetKind::Synthetic => "synthetic",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Optimizer choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// SGD with momentum, optional Nesterov, L2 weight decay.
+    Sgd,
+    /// Adam with decoupled weight decay.
+    Adamw,
+}
+
+/// Learning-rate schedule (after the linear warmup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// Constant learning rate.
+    Const,
+    /// Multiply by --gamma every --step-epochs epochs.
+    Step,
+    /// Cosine decay to zero at the end of the last epoch.
+    Cosine,
+}
+
+fn parse_network(s: &str) -> Result<Network, String> {
+    s.parse::<Network>().map_err(|e| e.to_string())
+}
+
+fn parse_head(s: &str) -> Result<Head, String> {
+    s.parse::<Head>().map_err(|e| e.to_string())
+}
+
+/// Options of `trainer train`. Options shown without a clap default take the default given in
+/// their help text, or, with --resume, the value stored in the run being resumed.
+#[derive(Args, Debug, Default, Clone)]
+pub struct TrainArgs {
+    /// Dataset to train on [required unless --resume]
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetKind>,
+    /// Directory with the dataset files (idx files, CIFAR batches, or train/ and val/ folders)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Network: mnist-cnn, mlp, cifar-cnn, alexnet [required unless --resume]
+    #[arg(long, value_parser = parse_network, value_name = "NETWORK")]
+    pub model: Option<Network>,
+    /// Fully-connected head: dense, circulant, block:<b> [default: circulant]
+    #[arg(long, value_parser = parse_head, value_name = "HEAD")]
+    pub head: Option<Head>,
+    /// Number of epochs [default: 10]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Mini-batch size [default: 64]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Optimizer [default: sgd]
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Peak learning rate [default: 0.05 for sgd, 0.001 for adamw]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum (0 disables it) [default: 0.9]
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Use Nesterov momentum with SGD [default: off]
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay: L2 for sgd, decoupled for adamw [default: 0 for sgd, 0.01 for adamw]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Learning-rate schedule after warmup [default: cosine]
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Step schedule: epochs between decays [default: 30]
+    #[arg(long)]
+    pub step_epochs: Option<usize>,
+    /// Step schedule: decay factor [default: 0.1]
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Linear warmup length in optimizer steps [default: 0]
+    #[arg(long, value_name = "STEPS")]
+    pub warmup: Option<u64>,
+    /// Device: cpu, cuda or cuda:N [default: cpu]
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Seed for weights, data order, dropout and augmentation [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory for checkpoints and metrics [default: runs/<dataset>-<model>-<head>,
+    /// or the --resume directory]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run whose train_state.safetensors is in DIR
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop after N optimizer steps in total (for smoke runs); the schedule still spans --epochs
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// Also checkpoint every N optimizer steps (checkpoints are always written after each epoch)
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
+    /// Image side for imagefolder / cifar10 image folders [default: the network's input size]
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<usize>,
+    /// Smallest crop area fraction for random-resized-crop [default: 0.08, or 0.35 below 128 px]
+    #[arg(long)]
+    pub min_crop_scale: Option<f64>,
+    /// Image decode threads [default: number of CPUs]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Synthetic dataset: training images [default: 512]
+    #[arg(long)]
+    pub synthetic_train: Option<usize>,
+    /// Synthetic dataset: test images [default: 256]
+    #[arg(long)]
+    pub synthetic_test: Option<usize>,
+    /// Synthetic dataset: number of classes [default: 10]
+    #[arg(long)]
+    pub synthetic_classes: Option<usize>,
+    /// Do not draw progress bars (they are also hidden when stderr is not a terminal)
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Options of `trainer eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint (model.safetensors or best.safetensors)
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Dataset whose test split is evaluated
+    #[arg(long, value_enum)]
+    pub dataset: DatasetKind,
+    /// Directory with the dataset files
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Mini-batch size
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Image decode threads [default: number of CPUs]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Synthetic dataset: seed it was generated with (the training run's --seed)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Synthetic dataset: test images
+    #[arg(long, default_value_t = 256)]
+    pub synthetic_test: usize,
+    /// Print {"accuracy", "loss", "samples"[, "top5"]} as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `trainer predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Checkpoint (model.safetensors or best.safetensors)
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Device: cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print one JSON object per image: {"file", "class", "probabilities"}
+    #[arg(long)]
+    pub json: bool,
+    /// PNG or JPEG images
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+}
+
+/// Options of `trainer info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Checkpoint file
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the hidden `trainer bench-decode`.
+#[derive(Args, Debug)]
+pub struct BenchDecodeArgs {
+    /// Image folder (with train/<class>/*) to read
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// First write N synthetic JPEGs (10 classes) into DIR/train
+    #[arg(long, value_name = "N")]
+    pub generate: Option<usize>,
+    /// Side of generated images
+    #[arg(long, default_value_t = 256)]
+    pub generate_size: u32,
+    /// Output image side
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Channels of the output (3 = RGB, 1 = grey)
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    /// Decode threads [default: number of CPUs]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Mini-batch size
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Use the evaluation transform (resize + center crop) instead of training augmentation
+    #[arg(long)]
+    pub eval: bool,
+}

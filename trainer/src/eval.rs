@@ -1,0 +1,199 @@
+//! Evaluation: loss, top-1 and top-5 accuracy on a split; the `eval` command.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use circulant_model::{Mode, Model};
+use serde::Serialize;
+
+use crate::cli::EvalArgs;
+use crate::data::loader::{default_workers, LoaderConfig};
+use crate::data::{self, DataOptions, Loader, Shape, Source};
+
+/// Results of an evaluation pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    /// Top-1 accuracy in [0, 1].
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub samples: usize,
+    /// Top-5 accuracy, reported when there are more than 10 classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top5: Option<f64>,
+}
+
+/// Sums over a batch of logits: (cross-entropy sum, top-1 hits, top-5 hits).
+/// Ties count in favour of the lower class index (like argmax).
+pub fn score(logits: &[Vec<f32>], labels: &[u32]) -> Result<(f64, u64, u64)> {
+    let (mut loss, mut top1, mut top5) = (0.0f64, 0u64, 0u64);
+    for (row, &y) in logits.iter().zip(labels) {
+        let y = y as usize;
+        if y >= row.len() {
+            bail!(
+                "label {y} is out of range for a model with {} classes",
+                row.len()
+            );
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        loss += lse - row[y] as f64;
+        let t = row[y];
+        let rank = row
+            .iter()
+            .enumerate()
+            .filter(|&(k, &v)| v > t || (v == t && k < y) || v.is_nan())
+            .count();
+        top1 += (rank == 0) as u64;
+        top5 += (rank < 5) as u64;
+    }
+    Ok((loss, top1, top5))
+}
+
+/// Logits as rows of f32 on the host.
+pub fn host_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// Evaluates `model` on every sample of `source`, in order.
+pub fn evaluate(
+    model: &Model,
+    source: Arc<dyn Source>,
+    cfg: &LoaderConfig,
+    shape: Shape,
+    num_classes: usize,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<EvalResult> {
+    let n = source.len();
+    if n == 0 {
+        bail!("the evaluation split is empty");
+    }
+    let order = Arc::new((0..n as u32).collect::<Vec<u32>>());
+    let (mut loss, mut top1, mut top5) = (0.0, 0, 0);
+    for batch in Loader::spawn(source, order, 0, None, cfg) {
+        let batch = batch?;
+        let b = batch.labels.len();
+        let x = Tensor::from_vec(batch.images, (b, shape.c, shape.h, shape.w), model.device())?;
+        let logits = model.forward(&x, Mode::Eval)?;
+        let (l, t1, t5) = score(&host_logits(&logits)?, &batch.labels)?;
+        loss += l;
+        top1 += t1;
+        top5 += t5;
+        if let Some(bar) = bar {
+            bar.inc(1);
+        }
+    }
+    Ok(EvalResult {
+        accuracy: top1 as f64 / n as f64,
+        loss: loss / n as f64,
+        samples: n,
+        top5: (num_classes > 10).then(|| top5 as f64 / n as f64),
+    })
+}
+
+/// `trainer eval`.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let device = crate::device::parse(&args.device)?;
+    let config = read_config(&args.checkpoint)?;
+    let opts = DataOptions {
+        kind: args.dataset,
+        data_dir: args.data_dir.clone(),
+        input: config.input.clone(),
+        seed: args.seed,
+        need_train: false,
+        synthetic_train: 0,
+        synthetic_test: args.synthetic_test,
+        synthetic_classes: config.num_classes,
+        min_crop_scale: 1.0,
+    };
+    let dataset = data::open(&opts)?;
+    if dataset.num_classes != config.num_classes {
+        bail!(
+            "{} was trained for {} classes but {} has {}; evaluate it on the dataset it was trained on",
+            args.checkpoint.display(),
+            config.num_classes,
+            args.dataset,
+            dataset.num_classes
+        );
+    }
+    let model = load_model(&args.checkpoint, &device)?;
+    let shape = Shape::of(&config.input);
+    let workers = args.workers.unwrap_or_else(default_workers);
+    let cfg = LoaderConfig::new(args.batch_size.max(1), shape.numel(), workers)?;
+    let batches = dataset.test.len().div_ceil(args.batch_size.max(1)) as u64;
+    let bar = crate::progress::bar(batches, "evaluate".into(), !args.json);
+    let r = evaluate(
+        &model,
+        dataset.test.clone(),
+        &cfg,
+        shape,
+        config.num_classes,
+        Some(&bar),
+    )?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let top5 = r
+            .top5
+            .map(|t| format!(", top-5 {:.2}%", 100.0 * t))
+            .unwrap_or_default();
+        println!(
+            "{}: test accuracy {:.2}%{top5}, loss {:.4} on {} images ({})",
+            args.checkpoint.display(),
+            100.0 * r.accuracy,
+            r.loss,
+            r.samples,
+            dataset.description
+        );
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint's configuration with a clear error.
+pub fn read_config(path: &Path) -> Result<circulant_model::ModelConfig> {
+    if !path.is_file() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    Model::read_config(path).with_context(|| {
+        format!(
+            "{} is not a circulant-model checkpoint (model.safetensors / best.safetensors)",
+            path.display()
+        )
+    })
+}
+
+/// Loads a checkpoint with a clear error.
+pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<Model> {
+    Model::load(path, device).with_context(|| format!("cannot load checkpoint {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_matches_hand_computation() {
+        let logits = vec![
+            vec![2.0f32, 1.0, 0.0],
+            vec![0.0, 0.0, 3.0],
+            vec![1.0, 1.0, 1.0],
+        ];
+        let labels = [0u32, 1, 1];
+        let (loss, t1, t5) = score(&logits, &labels).unwrap();
+        assert!(score(&logits, &[0, 0, 3]).is_err());
+        let lse = |r: &[f32]| r.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        let want = (lse(&logits[0]) - 2.0) + (lse(&logits[1]) - 0.0) + (lse(&logits[2]) - 1.0);
+        assert!((loss - want).abs() < 1e-9);
+        // Row 0 correct; row 1 wrong; row 2 is a tie, won by class 0.
+        assert_eq!(t1, 1);
+        assert_eq!(t5, 3);
+    }
+}

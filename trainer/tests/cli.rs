@@ -1,0 +1,1002 @@
+//! End-to-end tests of the `trainer` binary: train → eval → predict → info on small generated
+//! data, exact resume (after --max-steps and after SIGKILL), and the error for each bad input.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+/// The binary, with a fixed thread count so that runs are comparable bit for bit.
+fn trainer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.env("RAYON_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("TRAINER_PLOT_FONT");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    trainer().args(args).output().expect("cannot run trainer")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs and requires success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "trainer {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+/// Runs and requires the clean failure: exit code 1, one `error: ...` line containing `want`,
+/// no panic. Returns the error line.
+fn fails(args: &[&str], want: &str) -> String {
+    let o = run(args);
+    let err = text(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "trainer {args:?}: expected exit code 1\nstdout:\n{}\nstderr:\n{err}",
+        text(&o.stdout)
+    );
+    assert!(
+        !err.contains("panicked"),
+        "trainer {args:?} panicked:\n{err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no `error:` line for {args:?}:\n{err}"));
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "more than one error line:\n{err}"
+    );
+    assert!(
+        line.contains(want),
+        "trainer {args:?}: error line lacks {want:?}:\n{line}"
+    );
+    line.to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// All tensors of a safetensors file: name -> (shape, bytes).
+fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Metrics without the wall-clock fields.
+fn metrics_without_timing(dir: &Path) -> Vec<Value> {
+    metrics(dir)
+        .into_iter()
+        .map(|mut v| {
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("images_per_sec");
+            v
+        })
+        .collect()
+}
+
+const SYNTH: [&str; 8] = [
+    "--synthetic-train",
+    "192",
+    "--synthetic-test",
+    "64",
+    "--no-progress",
+    "--workers",
+    "1",
+    "--seed=3",
+];
+
+#[test]
+fn train_eval_predict_info_on_synthetic_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--head",
+        "circulant",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.02",
+        "--warmup",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    args.extend(SYNTH);
+    let stdout = ok(&args);
+    assert!(stdout.contains("test accuracy:"), "{stdout}");
+    assert!(stdout.contains(&format!(
+        "checkpoint: {}",
+        out.join("model.safetensors").display()
+    )));
+    for f in [
+        "model.safetensors",
+        "best.safetensors",
+        "train_state.safetensors",
+        "curves.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let png = image::open(out.join("curves.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+
+    // metrics.jsonl: one record per epoch with every field; the task is learnable.
+    let m = metrics(&out);
+    assert_eq!(m.len(), 3);
+    for (i, r) in m.iter().enumerate() {
+        assert_eq!(r["epoch"], i + 1);
+        assert_eq!(r["step"], 12 * (i + 1));
+        for k in [
+            "lr",
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "seconds",
+            "images_per_sec",
+        ] {
+            assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k} in {r}");
+        }
+    }
+    let last = &m[2];
+    assert!(
+        last["val_acc"].as_f64().unwrap() > 0.5,
+        "did not learn: {last}"
+    );
+    assert!(last["train_loss"].as_f64().unwrap() < m[0]["train_loss"].as_f64().unwrap());
+
+    // eval reproduces the last validation numbers of training.
+    let ckpt = out.join("model.safetensors");
+    let e: Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--dataset",
+            "synthetic",
+            "--seed",
+            "3",
+            "--synthetic-test",
+            "64",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(e["samples"], 64);
+    assert!(
+        (e["accuracy"].as_f64().unwrap() - last["val_acc"].as_f64().unwrap()).abs() < 1e-12,
+        "{e} vs {last}"
+    );
+    assert!(
+        (e["loss"].as_f64().unwrap() - last["val_loss"].as_f64().unwrap()).abs() < 1e-9,
+        "{e} vs {last}"
+    );
+    assert!(
+        e.get("top5").is_none(),
+        "top5 only for more than 10 classes: {e}"
+    );
+
+    // predict: one JSON object per image, a probability vector whose argmax is the class.
+    let imgs: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let p = tmp.path().join(format!("img{k}.png"));
+            image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y * k) % 256) as u8]))
+                .save(&p)
+                .unwrap();
+            p
+        })
+        .collect();
+    let jpg = tmp.path().join("big.jpg");
+    image::RgbImage::from_fn(64, 48, |x, _| image::Rgb([x as u8 * 4, 9, 200]))
+        .save(&jpg)
+        .unwrap();
+    let pred = ok(&[
+        "predict",
+        "--checkpoint",
+        s(&ckpt),
+        "--json",
+        s(&imgs[0]),
+        s(&imgs[1]),
+        s(&jpg),
+    ]);
+    let lines: Vec<Value> = pred
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (l, p) in lines.iter().zip([&imgs[0], &imgs[1], &jpg]) {
+        assert_eq!(l["file"], s(p));
+        let probs: Vec<f64> = l["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(probs.len(), 10);
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+        let argmax = (0..10).fold(0, |b, k| if probs[k] > probs[b] { k } else { b });
+        assert_eq!(l["class"], argmax);
+    }
+    let human = ok(&["predict", "--checkpoint", s(&ckpt), s(&imgs[0])]);
+    assert!(
+        human.contains("class") && human.contains("probability"),
+        "{human}"
+    );
+
+    // info: network, heads, per-layer parameters, compression, size.
+    let info = ok(&["info", "--checkpoint", s(&ckpt)]);
+    for want in [
+        "mlp",
+        "fc1: circulant",
+        "fc3",
+        "compression",
+        "KiB",
+        "dense-equivalent",
+    ] {
+        assert!(info.contains(want), "info lacks {want}:\n{info}");
+    }
+    let j: Value =
+        serde_json::from_str(&ok(&["info", "--checkpoint", s(&ckpt), "--json"])).unwrap();
+    let total: u64 = j["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["params"].as_u64().unwrap())
+        .sum();
+    assert_eq!(j["params"].as_u64().unwrap(), total);
+    assert!(j["compression"].as_f64().unwrap() > 10.0, "{j}");
+    assert_eq!(
+        j["file_size"].as_u64().unwrap(),
+        std::fs::metadata(&ckpt).unwrap().len()
+    );
+
+    // A second run into the same directory must not silently overwrite it.
+    fails(&args, "already holds a run");
+    // Resuming a finished run trains nothing and keeps the weights.
+    let before = tensors(&ckpt);
+    let o = ok(&["train", "--resume", s(&out), "--no-progress"]);
+    assert!(o.contains("already finished"), "{o}");
+    assert_eq!(tensors(&ckpt), before);
+}
+
+/// A run stopped by --max-steps, and a run killed with SIGKILL, each resumed, end with the same
+/// weights (bit for bit), optimizer state and metrics as an uninterrupted run.
+#[test]
+fn resume_is_exact_after_max_steps_and_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = |out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mnist-cnn",
+            "--head",
+            "circulant",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.02",
+            "--optimizer",
+            "sgd",
+            "--nesterov",
+            "--weight-decay",
+            "1e-4",
+            "--synthetic-train",
+            "160",
+            "--synthetic-test",
+            "32",
+            "--no-progress",
+            "--workers",
+            "2",
+            "--seed",
+            "11",
+            "--out",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.push(s(out).to_string());
+        v
+    };
+    let call = |args: &[String]| ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Uninterrupted reference.
+    let a = tmp.path().join("a");
+    call(&base(&a));
+
+    // Stopped mid-epoch by --max-steps (10 steps per epoch), then resumed with no other options.
+    let b = tmp.path().join("b");
+    let mut args = base(&b);
+    args.extend(["--max-steps".into(), "13".into()]);
+    let o = call(&args);
+    assert!(o.contains("stopped after 13 steps"), "{o}");
+    assert_eq!(metrics(&b).len(), 1);
+    let o = ok(&[
+        "train",
+        "--resume",
+        s(&b),
+        "--no-progress",
+        "--workers",
+        "1",
+    ]);
+    assert!(o.contains("resuming at epoch 2, batch 3, step 13"), "{o}");
+
+    // Killed with SIGKILL once a mid-run checkpoint exists, then resumed.
+    let c = tmp.path().join("c");
+    let mut args = base(&c);
+    args.extend(["--save-every".into(), "3".into()]);
+    let mut child = trainer()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = c.join("train_state.safetensors");
+    let t0 = Instant::now();
+    while !state.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no checkpoint after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let finished_before_kill = child.try_wait().unwrap().is_some();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!finished_before_kill, "the run finished before the kill");
+    let o = ok(&["train", "--resume", s(&c), "--no-progress"]);
+    assert!(o.contains("resuming at epoch"), "{o}");
+
+    let want = tensors(&a.join("model.safetensors"));
+    assert!(want.len() >= 6);
+    for dir in [&b, &c] {
+        assert_eq!(
+            tensors(&dir.join("model.safetensors")),
+            want,
+            "weights differ in {}",
+            dir.display()
+        );
+        assert_eq!(
+            tensors(&dir.join("train_state.safetensors")),
+            tensors(&a.join("train_state.safetensors"))
+        );
+        assert_eq!(metrics_without_timing(dir), metrics_without_timing(&a));
+    }
+    // The weights really changed during training (the comparison is not vacuous).
+    let init = tmp.path().join("init");
+    let mut args = base(&init);
+    args.extend(["--max-steps".into(), "1".into()]);
+    call(&args);
+    assert_ne!(tensors(&init.join("model.safetensors")), want);
+
+    // Options that define the run cannot change on resume.
+    fails(
+        &["train", "--resume", s(&a), "--model", "mlp"],
+        "differs from the run being resumed",
+    );
+    fails(
+        &["train", "--resume", s(&a), "--batch-size", "8"],
+        "differs from the run being resumed",
+    );
+    fails(
+        &["train", "--resume", s(&tmp.path().join("nothing"))],
+        "nothing to resume",
+    );
+}
+
+/// A diverging run stops with a clear message and leaves the last checkpoint intact.
+#[test]
+fn nan_loss_stops_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        s(&out),
+    ];
+    args.extend(SYNTH);
+    ok(&args);
+    let before = tensors(&out.join("model.safetensors"));
+    let state_before = tensors(&out.join("train_state.safetensors"));
+    let line = fails(
+        &[
+            "train",
+            "--resume",
+            s(&out),
+            "--epochs",
+            "3",
+            "--lr",
+            "1e38",
+            "--schedule",
+            "const",
+            "--momentum",
+            "0",
+            "--no-progress",
+        ],
+        "training diverged",
+    );
+    assert!(line.contains("(step 6) is intact"), "{line}");
+    assert_eq!(tensors(&out.join("model.safetensors")), before);
+    assert_eq!(tensors(&out.join("train_state.safetensors")), state_before);
+}
+
+fn write_gz(path: &Path, bytes: &[u8]) {
+    let mut e = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap();
+}
+
+fn idx_images(n: usize, seed: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [0x803u32, n as u32, 28, 28] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    v.extend((0..n * 784).map(|i| ((i * 7 + seed as usize * (i / 784)) % 256) as u8));
+    v
+}
+
+fn idx_labels(n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [0x801u32, n as u32] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    v.extend((0..n).map(|i| (i % 10) as u8));
+    v
+}
+
+/// A MNIST-style directory: gzipped train files, raw test files.
+fn mnist_dir(root: &Path) -> PathBuf {
+    let d = root.join("mnist");
+    std::fs::create_dir_all(&d).unwrap();
+    write_gz(&d.join("train-images-idx3-ubyte.gz"), &idx_images(40, 1));
+    write_gz(&d.join("train-labels-idx1-ubyte.gz"), &idx_labels(40));
+    std::fs::write(d.join("t10k-images-idx3-ubyte"), idx_images(20, 2)).unwrap();
+    std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx_labels(20)).unwrap();
+    d
+}
+
+#[test]
+fn mnist_idx_files_and_their_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = mnist_dir(tmp.path());
+    let out = tmp.path().join("run");
+    let base = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--no-progress",
+    ];
+    let train = |data: &Path, out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = base.iter().map(|x| x.to_string()).collect();
+        v.extend([
+            "--data-dir".into(),
+            s(data).into(),
+            "--out".into(),
+            s(out).into(),
+        ]);
+        v
+    };
+    let call_ok = |v: Vec<String>| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let call_fail =
+        |v: Vec<String>, want: &str| fails(&v.iter().map(String::as_str).collect::<Vec<_>>(), want);
+
+    let o = call_ok(train(&d, &out));
+    assert!(o.contains("40 train / 20 test"), "{o}");
+    let e: Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            s(&out.join("model.safetensors")),
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            s(&d),
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(e["samples"], 20);
+    let classes: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("classes.json")).unwrap()).unwrap();
+    assert_eq!(classes.len(), 10);
+
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let fresh_out = || {
+        tmp.path().join(format!(
+            "o{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ))
+    };
+    let broken = |name: &str, f: &dyn Fn(&Path)| -> PathBuf {
+        let b = tmp.path().join(name);
+        std::fs::create_dir_all(&b).unwrap();
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), b.join(e.file_name())).unwrap();
+        }
+        f(&b);
+        b
+    };
+
+    // Missing directory and missing file.
+    call_fail(
+        train(&tmp.path().join("absent"), &fresh_out()),
+        "does not exist",
+    );
+    let missing = broken("missing", &|b| {
+        std::fs::remove_file(b.join("t10k-labels-idx1-ubyte")).unwrap()
+    });
+    call_fail(
+        train(&missing, &fresh_out()),
+        "has no t10k-labels-idx1-ubyte",
+    );
+    // Truncated raw file.
+    let trunc = broken("trunc", &|b| {
+        std::fs::write(b.join("t10k-images-idx3-ubyte"), &idx_images(20, 2)[..5000]).unwrap()
+    });
+    call_fail(train(&trunc, &fresh_out()), "is truncated");
+    // Truncated gzip file.
+    let truncgz = broken("truncgz", &|b| {
+        let p = b.join("train-images-idx3-ubyte.gz");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    call_fail(train(&truncgz, &fresh_out()), "corrupt or truncated gzip");
+    // Wrong magic number: a label file where the images belong.
+    let magic = broken("magic", &|b| {
+        std::fs::write(b.join("t10k-images-idx3-ubyte"), idx_labels(20)).unwrap()
+    });
+    call_fail(
+        train(&magic, &fresh_out()),
+        "magic number 0x00000801, expected 0x00000803",
+    );
+    // Image / label count mismatch.
+    let count = broken("count", &|b| {
+        std::fs::write(b.join("t10k-labels-idx1-ubyte"), idx_labels(21)).unwrap()
+    });
+    call_fail(train(&count, &fresh_out()), "has 20 images but");
+    // Labels out of range.
+    let range = broken("range", &|b| {
+        let mut l = idx_labels(20);
+        l[10] = 42;
+        std::fs::write(b.join("t10k-labels-idx1-ubyte"), l).unwrap()
+    });
+    call_fail(train(&range, &fresh_out()), "out of range for 10 classes");
+    // A model that does not take 28x28 grey images.
+    let mut v = train(&d, &fresh_out());
+    v[4] = "cifar-cnn".into();
+    call_fail(v, "mnist images are 1x28x28 but the model expects 3x32x32");
+}
+
+#[test]
+fn image_folders_and_cifar_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An image folder with a `test/` split (the CIFAR-10 JPEG layout), mixed sizes and formats.
+    let root = tmp.path().join("folder");
+    for (split, n) in [("train", 6), ("test", 2)] {
+        for (k, class) in ["cat", "dog", "ship"].iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(40 + i as u32, 36, |x, y| {
+                    image::Rgb([(x * 5) as u8, (y * 3 + 80 * k as u32) as u8, (i * 30) as u8])
+                });
+                let ext = if i % 2 == 0 { "jpg" } else { "png" };
+                img.save(d.join(format!("{i}.{ext}"))).unwrap();
+            }
+        }
+    }
+    let out = tmp.path().join("run");
+    let o = ok(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        s(&root),
+        "--model",
+        "cifar-cnn",
+        "--head",
+        "block:64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+        "--optimizer",
+        "adamw",
+        "--no-progress",
+        "--workers",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.contains("3 classes, 18 train / 6 test images"), "{o}");
+    let e: Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            s(&out.join("best.safetensors")),
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            s(&root),
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(e["samples"], 6);
+    let pred = ok(&[
+        "predict",
+        "--checkpoint",
+        s(&out.join("model.safetensors")),
+        "--json",
+        s(&root.join("test/dog/0.jpg")),
+    ]);
+    let p: Value = serde_json::from_str(pred.trim()).unwrap();
+    assert!(
+        ["cat", "dog", "ship"].contains(&p["label"].as_str().unwrap()),
+        "{p}"
+    );
+
+    // An unreadable image fails with its path.
+    std::fs::write(root.join("train/dog/broken.jpg"), b"not a jpeg at all").unwrap();
+    let line = fails(
+        &[
+            "train",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            s(&root),
+            "--model",
+            "cifar-cnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--no-progress",
+            "--out",
+            s(&tmp.path().join("run2")),
+        ],
+        "cannot decode image",
+    );
+    assert!(line.contains("broken.jpg"), "{line}");
+    fails(
+        &[
+            "predict",
+            "--checkpoint",
+            s(&out.join("model.safetensors")),
+            s(&root.join("train/dog/broken.jpg")),
+        ],
+        "broken.jpg",
+    );
+    // A test split with a class the training split lacks.
+    std::fs::create_dir_all(root.join("test/horse")).unwrap();
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&out.join("model.safetensors")),
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            s(&root),
+        ],
+        "class folder 'horse'",
+    );
+
+    // CIFAR-10 binary batches.
+    let bin = tmp.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let batch = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                std::iter::once((i % 10) as u8)
+                    .chain((0..3072).map(move |j| ((j * (i + seed)) % 256) as u8))
+            })
+            .collect()
+    };
+    for k in 1..=5 {
+        std::fs::write(bin.join(format!("data_batch_{k}.bin")), batch(4, k)).unwrap();
+    }
+    std::fs::write(bin.join("test_batch.bin"), batch(10, 9)).unwrap();
+    let out3 = tmp.path().join("run3");
+    let o = ok(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        s(tmp.path()),
+        "--model",
+        "cifar-cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--no-progress",
+        "--out",
+        s(&out3),
+    ]);
+    assert!(o.contains("20 train / 10 test"), "{o}");
+    std::fs::write(bin.join("test_batch.bin"), &batch(10, 9)[..3073 * 3 + 100]).unwrap();
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&out3.join("model.safetensors")),
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            s(&bin),
+        ],
+        "is truncated or not a CIFAR-10 batch",
+    );
+}
+
+#[test]
+fn bad_inputs_give_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ];
+    args.extend(SYNTH);
+    // Without a usable font the curves are still drawn (without labels).
+    let o = trainer()
+        .args(&args)
+        .env("TRAINER_PLOT_FONT", "/nonexistent.ttf")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(image::open(out.join("curves.png")).is_ok());
+    let ckpt = out.join("model.safetensors");
+
+    // --device cuda in a CPU build.
+    fails(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--device",
+            "cuda",
+            "--out",
+            s(&tmp.path().join("x")),
+        ],
+        "built without CUDA support",
+    );
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--dataset",
+            "synthetic",
+            "--device",
+            "cuda:1",
+        ],
+        "built without CUDA support",
+    );
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--dataset",
+            "synthetic",
+            "--device",
+            "tpu",
+        ],
+        "unknown device",
+    );
+    // Unwritable --out (a path below a regular file).
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    fails(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--out",
+            s(&file.join("sub")),
+        ],
+        "cannot create output directory",
+    );
+    // Missing checkpoint, not a checkpoint.
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&tmp.path().join("none.safetensors")),
+            "--dataset",
+            "synthetic",
+        ],
+        "does not exist",
+    );
+    fails(
+        &["info", "--checkpoint", s(&file)],
+        "is not a circulant-model checkpoint",
+    );
+    // A checkpoint whose tensors belong to another network: mlp weights labelled mnist-cnn.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut md = meta.metadata().clone().unwrap();
+    let cfg = md["config"]
+        .replace("\"mlp\"", "\"mnist-cnn\"")
+        .replace(",\"fc3\":\"circulant\"", "");
+    md.insert("config".into(), cfg);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let other = tmp.path().join("other.safetensors");
+    std::fs::write(&other, safetensors::serialize(views, Some(md)).unwrap()).unwrap();
+    fails(
+        &["info", "--checkpoint", s(&other)],
+        "cannot load checkpoint",
+    );
+    fails(
+        &["predict", "--checkpoint", s(&other), s(&file)],
+        "cannot load checkpoint",
+    );
+    // A checkpoint evaluated on data of another shape or class count.
+    fails(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            s(tmp.path()),
+        ],
+        "neither the CIFAR-10 binary batches",
+    );
+    // Unreadable image for predict.
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n broken").unwrap();
+    fails(
+        &["predict", "--checkpoint", s(&ckpt), s(&bad)],
+        "cannot decode image",
+    );
+    fails(
+        &[
+            "predict",
+            "--checkpoint",
+            s(&ckpt),
+            s(&tmp.path().join("absent.png")),
+        ],
+        "cannot open image",
+    );
+    // Missing required options, and no local MNIST files with hub access off.
+    fails(&["train", "--model", "mlp"], "--dataset is required");
+    fails(
+        &[
+            "train",
+            "--dataset",
+            "mnist",
+            "--model",
+            "mlp",
+            "--data-dir",
+            s(tmp.path()),
+            "--out",
+            s(&tmp.path().join("z")),
+        ],
+        "has no train-images-idx3-ubyte",
+    );
+    fails(
+        &[
+            "train",
+            "--dataset",
+            "imagefolder",
+            "--model",
+            "mlp",
+            "--out",
+            s(&tmp.path().join("y")),
+        ],
+        "imagefolder needs --data-dir",
+    );
+
+    // clap errors exit with 2; --help documents every flag with its default.
+    let o = run(&["train", "--dataset", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    let help = ok(&["train", "--help"]);
+    for flag in [
+        "--dataset",
+        "--data-dir",
+        "--model",
+        "--head",
+        "--epochs",
+        "--batch-size",
+        "--optimizer",
+        "--lr",
+        "--momentum",
+        "--nesterov",
+        "--weight-decay",
+        "--schedule",
+        "--warmup",
+        "--device",
+        "--seed",
+        "--out",
+        "--resume",
+        "--max-steps",
+        "--save-every",
+        "--image-size",
+        "default: 10",
+        "default: 64",
+    ] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
+}
