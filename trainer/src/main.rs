@@ -6,6 +6,7 @@ mod cli;
 mod data;
 mod device;
 mod eval;
+mod heap;
 mod info;
 mod metrics;
 mod optim;
@@ -17,6 +18,7 @@ mod train;
 use clap::Parser;
 
 fn main() {
+    heap::keep_heap_slack();
     // clap prints its own errors and exits with status 2 (0 for --help / --version).
     let cli = cli::Cli::parse();
     let result = match cli.command {
