@@ -5,7 +5,8 @@
 #   scripts/gpu-bench.sh [OUT]   # OUT defaults to target-gpu (ignored by git: /target-*)
 #
 # OUT/bin.tar.xz holds stripped release binaries: bench_cuda (circulant vs cuBLAS dense
-# table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_training (tests/tests/cuda_training.rs).
+# table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_training (tests/tests/cuda_training.rs)
+# and trainer (built with --features cuda).
 # They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
 # NVRTC, cudart) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch wheel's copies.
 # Toolkit and build cache as in scripts/check-cuda.sh (CIRCULANT_CACHE).
@@ -25,6 +26,10 @@ cd "$ROOT"
 # (kernels-cuda/cuda is named too, in case circulant-kernels' `cuda` feature does not forward it.)
 cargo build --release --features cuda,kernels-cuda/cuda -p circulant-kernels --example bench_cuda
 cp "$CARGO_TARGET_DIR/release/examples/bench_cuda" "$OUT/bin/bench_cuda"
+
+# The trainer, for training runs on the card (scripts/gpu-cifar.sh).
+cargo build --release --features cuda -p trainer
+cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer"
 
 # Test executables: cargo prints their paths as JSON artifacts.
 cargo test --release --features cuda -p kernels-cuda -p circulant-kernels -p circulant-tests \

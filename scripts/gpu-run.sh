@@ -6,6 +6,10 @@
 #   scripts/gpu-run.sh [BIN_DIR]   # BIN_DIR defaults to target-gpu/bin (unpacked from
 #                                  # target-gpu/bin.tar.xz when missing)
 #   BENCH_ARGS=--quick scripts/gpu-run.sh   # smaller benchmark table
+#   CIFAR_DIR=/tmp/cifar10-jpeg scripts/gpu-run.sh   # also train cifar-cnn, dense vs circulant
+#                                  # (scripts/gpu-cifar.sh; CIFAR_EPOCHS per head, default 12)
+#   SKIP_BENCH=1 ...                   # tests (and CIFAR) only
+# BENCH_TIMEOUT / TORCH_TIMEOUT (seconds, default 300 each) cap the two benchmark tables.
 #
 # Results are also written under $OUT (or ./gpu-results) as markdown / logs.
 # Never put the toolkit's libcuda stub on LD_LIBRARY_PATH here: libcuda.so.1 is the driver's.
@@ -15,21 +19,27 @@ BIN=${1:-$ROOT/target-gpu/bin}
 RESULTS=${OUT:-$ROOT/gpu-results}
 mkdir -p "$RESULTS"
 
-# The CUDA 13 user-space libraries of PyTorch's nvidia-* wheels.
+# The CUDA 13 user-space libraries: PyTorch's nvidia-* wheels (nvidia/cu13/lib, or one lib/
+# folder per wheel), then a system toolkit's lib64.
 LIB=$(python3 - <<'PY'
-import os, sys
+import glob, os, sys
+dirs = []
 for p in sys.path:
-    d = os.path.join(p, "nvidia", "cu13", "lib")
-    if os.path.isdir(d):
-        print(d)
-        break
+    for pattern in ("nvidia/cu13/lib", "nvidia/*/lib"):
+        for d in sorted(glob.glob(os.path.join(p, pattern))):
+            if glob.glob(os.path.join(d, "lib*.so*")) and d not in dirs:
+                dirs.append(d)
+for d in ("/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"):
+    if os.path.isdir(d) and d not in dirs:
+        dirs.append(d)
+print(":".join(dirs))
 PY
 )
 if [[ -n $LIB ]]; then
   export LD_LIBRARY_PATH=$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   echo "gpu-run: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 else
-  echo "gpu-run: no nvidia/cu13/lib in python's site-packages; relying on the system's CUDA libraries"
+  echo "gpu-run: no CUDA libraries found in python's site-packages; relying on the system's"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$RESULTS/gpu.txt"
 
@@ -59,31 +69,38 @@ done
 
 for t in cuda_ops cuda_training; do
   echo "== $t"
-  "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
+  timeout 300 "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
   if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then
     echo "gpu-run: $t skipped its tests: no usable CUDA device on this machine" >&2
     status=1
   fi
 done
 
-echo "== bench_cuda"
-# shellcheck disable=SC2086
-"$BIN/bench_cuda" ${BENCH_ARGS:-} | tee "$RESULTS/bench_cuda.md" || status=1
-
-if [[ -f $ROOT/bench/torch_circulant.py ]]; then
-  # Correctness on the card first, then the same table as bench_cuda (TORCH_ARGS overrides).
-  if [[ ${BENCH_ARGS:-} == *--quick* ]]; then
-    DEFAULT_TORCH_ARGS="--quick --batches 1,128"
-  else
-    DEFAULT_TORCH_ARGS="--batches 1,128,1024 --max-dense-gib 20 --max-seconds-per-case 5"
-  fi
-  echo "== bench/torch_circulant.py --device cuda --check"
-  python3 "$ROOT/bench/torch_circulant.py" --device cuda --check 2>&1 | tee "$RESULTS/torch_check.log" || status=1
-  echo "== bench/torch_circulant.py --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS}"
+if [[ -z ${SKIP_BENCH:-} ]]; then
+  echo "== bench_cuda"
   # shellcheck disable=SC2086
-  python3 "$ROOT/bench/torch_circulant.py" --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS} \
-    --json "$RESULTS/torch_circulant.json" | tee "$RESULTS/torch_circulant.md" || status=1
-else
-  echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
+  timeout "${BENCH_TIMEOUT:-300}" "$BIN/bench_cuda" ${BENCH_ARGS:-} | tee "$RESULTS/bench_cuda.md" || status=1
+
+  if [[ -f $ROOT/bench/torch_circulant.py ]]; then
+    # Correctness on the card first, then the same table as bench_cuda (TORCH_ARGS overrides).
+    if [[ ${BENCH_ARGS:-} == *--quick* ]]; then
+      DEFAULT_TORCH_ARGS="--quick --batches 1,128"
+    else
+      DEFAULT_TORCH_ARGS="--batches 1,128,1024 --max-dense-gib 20 --max-seconds-per-case 5"
+    fi
+    echo "== bench/torch_circulant.py --device cuda --check"
+    python3 "$ROOT/bench/torch_circulant.py" --device cuda --check 2>&1 | tee "$RESULTS/torch_check.log" || status=1
+    echo "== bench/torch_circulant.py --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS}"
+    # shellcheck disable=SC2086
+    timeout "${TORCH_TIMEOUT:-300}" python3 "$ROOT/bench/torch_circulant.py" --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS} \
+      --json "$RESULTS/torch_circulant.json" | tee "$RESULTS/torch_circulant.md" || status=1
+  else
+    echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
+  fi
+fi
+if [[ -n ${CIFAR_DIR:-} ]]; then
+  echo "== CIFAR-10 cifar-cnn on the card (scripts/gpu-cifar.sh)"
+  bash "$ROOT/scripts/gpu-cifar.sh" "$BIN/trainer" "$CIFAR_DIR" "$RESULTS/cifar" \
+    "${CIFAR_EPOCHS:-12}" || status=1
 fi
 exit $status

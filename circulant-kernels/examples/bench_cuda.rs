@@ -119,6 +119,7 @@ mod bench {
         println!();
         println!("| d | batch | circulant fwd | circulant fwd+bwd | dense fwd | dense fwd+bwd | fwd speedup | fwd+bwd speedup |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut skipped_u32 = false;
         for (&d, dense) in dense_dims
             .iter()
             .map(|d| (d, true))
@@ -131,6 +132,9 @@ mod bench {
                 let fits = free_bytes().is_none_or(|free| need < free / 10 * 9);
                 let (df, dfb) = if !dense {
                     ("-".to_string(), "-".to_string())
+                } else if d * d >= 1 << 32 {
+                    skipped_u32 = true;
+                    ("n/a".to_string(), "n/a".to_string())
                 } else if !fits {
                     ("no memory".to_string(), "no memory".to_string())
                 } else {
@@ -142,6 +146,13 @@ mod bench {
                     speedup(&cfb, &dfb)
                 );
             }
+        }
+        if skipped_u32 {
+            println!();
+            println!(
+                "n/a: candle's CUDA element-wise kernels take a 32-bit element count, so a d x d \
+                 weight with d^2 >= 2^32 cannot be initialised or updated (CUDA_ERROR_INVALID_VALUE)."
+            );
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 
 use crate::dtype::FftFloat;
 use crate::kernels::{complex_to_real, contract, real_to_complex, Contraction, Sizes};
@@ -98,6 +98,15 @@ fn chunks(rows: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |start| (start, per.min(rows - start)))
 }
 
+/// cuFFT rejects real buffers that are not aligned like its complex type
+/// (`CUFFT_INVALID_VALUE`): a view at an odd offset, such as the `dr` half of the packed
+/// gradient when `n * q * b` is odd, goes through an aligned copy instead.
+fn is_aligned<T: FftFloat, P: DevicePtr<T>>(dev: &CudaDevice, buf: &P) -> bool {
+    let stream = dev.cuda_stream();
+    let (ptr, _sync) = buf.device_ptr(&stream);
+    ptr % std::mem::align_of::<T::Complex>() as u64 == 0
+}
+
 /// Half spectra (rows, len/2+1) of `rows` contiguous real signals of length `len`.
 fn rfft<T: FftFloat>(
     dev: &CudaDevice,
@@ -112,6 +121,13 @@ fn rfft<T: FftFloat>(
         real_to_complex::<T>(dev, input, &mut out.slice_mut(..))?;
         return Ok(out);
     }
+    let aligned_copy;
+    let input = if is_aligned(dev, input) {
+        input.slice(..)
+    } else {
+        aligned_copy = dev.cuda_stream().clone_dtod(input).w()?;
+        aligned_copy.slice(..)
+    };
     for (start, count) in chunks(rows, len) {
         let shared = plan(dev, len, count, T::FORWARD)?;
         let plan = lock(&shared);
@@ -135,6 +151,12 @@ fn irfft<T: FftFloat>(
     let nf = len / 2 + 1;
     if len == 1 {
         return complex_to_real::<T>(dev, &spectra.slice(..), out);
+    }
+    if !is_aligned(dev, out) {
+        // SAFETY: every element is written by the inverse transform.
+        let mut tmp = unsafe { dev.alloc::<T>(rows * len)? };
+        irfft(dev, spectra, &mut tmp.slice_mut(..), len, rows)?;
+        return dev.cuda_stream().memcpy_dtod(&tmp, out).w();
     }
     for (start, count) in chunks(rows, len) {
         let shared = plan(dev, len, count, T::INVERSE)?;
