@@ -1,7 +1,9 @@
 //! Median times of the circulant op against candle's dense `Linear` and the bare-FFT floor.
 //!
 //! `cargo bench -p circulant-kernels --bench circulant` prints a markdown table;
-//! `-- --quick` runs only the d = 4096 rows (the headline comparison).
+//! `-- --quick` runs only the d = 4096 rows (the headline comparison). The bench first calls
+//! [`circulant_kernels::heap::keep_freed_memory`], as the `trainer` does; `-- --default-heap`
+//! measures with glibc's default malloc settings instead.
 
 use candle_core::{Device, Module, Tensor, Var};
 use circulant_kernels::{block_circulant, circulant};
@@ -72,9 +74,16 @@ fn row(case: &str, d: usize, batch: usize, (fwd, fb): (f64, f64)) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let heap = if std::env::args().any(|a| a == "--default-heap") {
+        "glibc defaults (--default-heap)"
+    } else if circulant_kernels::heap::keep_freed_memory() {
+        "freed memory kept (heap::keep_freed_memory)"
+    } else {
+        "unchanged (not glibc, or MALLOC_* settings in the environment)"
+    };
     let budget = Duration::from_secs(if quick { 2 } else { 3 });
     println!(
-        "threads: {} (rayon), dtype f32, median ms\n",
+        "threads: {} (rayon), dtype f32, median ms, malloc: {heap}\n",
         rayon::current_num_threads()
     );
     println!("| case | d | batch | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|");

@@ -14,6 +14,7 @@ mod cpu;
 mod cuda;
 mod dims;
 mod fft;
+pub mod heap;
 mod op;
 mod parallel;
 
