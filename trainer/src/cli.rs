@@ -104,6 +104,10 @@ pub struct TrainArgs {
     /// Fully-connected head: dense, circulant, block:<b> [default: circulant]
     #[arg(long, value_parser = parse_head, value_name = "HEAD")]
     pub head: Option<Head>,
+    /// Head of the last FC layer, the classifier [default: same as --head]. `--head circulant
+    /// --classifier-head dense` keeps the classifier dense, as the paper does for AlexNet's fc8
+    #[arg(long, value_parser = parse_head, value_name = "HEAD")]
+    pub classifier_head: Option<Head>,
     /// Number of epochs [default: 10]
     #[arg(long)]
     pub epochs: Option<usize>,

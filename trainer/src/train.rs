@@ -26,6 +26,9 @@ pub struct TrainConfig {
     pub dataset: DatasetKind,
     pub network: Network,
     pub head: Head,
+    /// Head of the last FC layer when it differs from `head` (runs before this option: none).
+    #[serde(default)]
+    pub classifier_head: Option<Head>,
     pub batch_size: usize,
     pub optimizer: OptimizerKind,
     pub seed: u64,
@@ -72,6 +75,7 @@ pub fn resolve(
             dataset,
             network,
             head: args.head.unwrap_or(Head::Circulant),
+            classifier_head: args.classifier_head,
             batch_size: args.batch_size.unwrap_or(64),
             optimizer,
             seed: args.seed.unwrap_or(0),
@@ -108,6 +112,11 @@ pub fn resolve(
     must("dataset", args.dataset, &s.dataset)?;
     must("model", args.model, &s.network)?;
     must("head", args.head, &s.head)?;
+    must(
+        "classifier-head",
+        args.classifier_head.map(Some),
+        &s.classifier_head,
+    )?;
     must("batch-size", args.batch_size, &s.batch_size)?;
     must("optimizer", args.optimizer, &s.optimizer)?;
     must("seed", args.seed, &s.seed)?;
@@ -213,8 +222,12 @@ fn validate(c: &TrainConfig) -> Result<()> {
 }
 
 fn default_out(c: &TrainConfig) -> PathBuf {
+    let classifier = c
+        .classifier_head
+        .map(|h| format!("-{}-classifier", h.to_string().replace(':', "")))
+        .unwrap_or_default();
     PathBuf::from("runs").join(format!(
-        "{}-{}-{}",
+        "{}-{}-{}{classifier}",
         c.dataset,
         c.network,
         c.head.to_string().replace(':', "")
@@ -346,6 +359,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 dataset.num_classes,
                 config.seed,
             );
+            if let (Some(head), Some(last)) =
+                (config.classifier_head, config.network.fc_layers().last())
+            {
+                mc = mc.with_head(last, head);
+            }
             mc.input = input.clone();
             let model = Model::new(mc.clone(), &device).with_context(|| {
                 format!("cannot build {} with {} heads", config.network, config.head)
@@ -377,8 +395,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 
     let report = model.param_report();
+    let classifier = config
+        .classifier_head
+        .map(|h| format!(" ({h} classifier)"))
+        .unwrap_or_default();
     println!(
-        "{} with {} heads: {} parameters ({} dense-equivalent, {:.1}x smaller) on {}",
+        "{} with {} heads{classifier}: {} parameters ({} dense-equivalent, {:.1}x smaller) on {}",
         config.network,
         config.head,
         report.total(),

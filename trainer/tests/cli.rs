@@ -300,6 +300,47 @@ fn train_eval_predict_info_on_synthetic_data() {
 
 /// A run stopped by --max-steps, and a run killed with SIGKILL, each resumed, end with the same
 /// weights (bit for bit), optimizer state and metrics as an uninterrupted run.
+/// `--classifier-head dense` keeps only the last FC layer dense; a resume must keep it.
+#[test]
+fn classifier_head_overrides_the_last_fc_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--head",
+        "circulant",
+        "--classifier-head",
+        "dense",
+        "--epochs",
+        "2",
+        "--max-steps",
+        "3",
+        "--out",
+        s(&out),
+    ];
+    args.extend(SYNTH);
+    let stdout = ok(&args);
+    assert!(stdout.contains("(dense classifier)"), "{stdout}");
+    let info = ok(&["info", "--checkpoint", s(&out.join("model.safetensors"))]);
+    for want in ["fc1: circulant", "fc2: circulant", "fc3: dense"] {
+        assert!(info.contains(want), "info lacks {want}:\n{info}");
+    }
+    fails(
+        &[
+            "train",
+            "--resume",
+            s(&out),
+            "--classifier-head",
+            "circulant",
+        ],
+        "--classifier-head circulant differs from the run being resumed",
+    );
+}
+
 #[test]
 fn resume_is_exact_after_max_steps_and_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
