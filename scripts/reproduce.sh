@@ -3,11 +3,16 @@
 #
 #   scripts/reproduce.sh quick   # MNIST mnist-cnn, dense vs circulant, 1 epoch each (~10 min on
 #                                # 2 cores once the release build exists), then a table
-#   scripts/reproduce.sh full    # MNIST (mnist-cnn, mlp) and Fashion-MNIST (mnist-cnn) with dense,
-#                                # circulant and block:64 heads, 10 epochs each (hours on 2 cores)
+#   scripts/reproduce.sh full    # every run in docs/RESULTS.md: MNIST (mnist-cnn, mlp),
+#                                # Fashion-MNIST, CIFAR-10 (cifar-cnn), with dense, circulant,
+#                                # block:64 and dense-classifier heads, then the AlexNet timings
+#                                # and the synthetic ImageFolder pipeline run (hours on 2 cores;
+#                                # CIFAR-10 alone ~10 h on CPU: set DEVICE=cuda with a GPU build)
 #
 # MNIST is read from $MNIST_DIR (default ../shared/datasets/mnist, the four idx .gz files);
-# Fashion-MNIST from Debian's dataset-fashion-mnist package. Runs go to $RUNS (default runs/repro).
+# Fashion-MNIST from Debian's dataset-fashion-mnist package; CIFAR-10 from $CIFAR_DIR (default:
+# ../shared/datasets/cifar10-jpeg.tar.gz unpacked under $RUNS). Runs go to $RUNS (default
+# runs/repro).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=${1:-quick}
@@ -15,31 +20,55 @@ MNIST_DIR=${MNIST_DIR:-$ROOT/../shared/datasets/mnist}
 RUNS=${RUNS:-$ROOT/runs/repro}
 export TRAINER=$ROOT/target/release/trainer
 
+# Jobs: "dataset model head epochs optimizer [extra trainer options]".
 case $MODE in
-  quick) EPOCHS=1; HEADS=(dense circulant); JOBS=("mnist mnist-cnn") ;;
-  full) EPOCHS=10; HEADS=(dense circulant block:64)
-        JOBS=("mnist mnist-cnn" "mnist mlp" "fashion-mnist mnist-cnn") ;;
+  quick) JOBS=("mnist mnist-cnn dense 1 sgd" "mnist mnist-cnn circulant 1 sgd") ;;
+  full) JOBS=(
+          "mnist mnist-cnn dense 5 sgd" "mnist mnist-cnn circulant 5 sgd"
+          "mnist mnist-cnn dense 5 adamw" "mnist mnist-cnn circulant 5 adamw"
+          "mnist mnist-cnn block:64 5 adamw"
+          "mnist mnist-cnn circulant 5 adamw --classifier-head dense"
+          "mnist mnist-cnn circulant 10 adamw"
+          "mnist mlp dense 5 adamw" "mnist mlp circulant 5 adamw" "mnist mlp block:64 5 adamw"
+          "mnist mlp circulant 5 adamw --classifier-head dense"
+          "fashion-mnist mnist-cnn dense 2 sgd" "fashion-mnist mnist-cnn circulant 2 sgd"
+          "fashion-mnist mnist-cnn block:64 2 sgd"
+          "cifar10 cifar-cnn dense 12 adamw --batch-size 128 --min-crop-scale 0.5"
+          "cifar10 cifar-cnn circulant 12 adamw --batch-size 128 --min-crop-scale 0.5") ;;
   *) echo "usage: $0 quick|full" >&2; exit 2 ;;
 esac
+DEVICE=${DEVICE:-cpu}
 [ -d "$MNIST_DIR" ] || { echo "error: no MNIST files in $MNIST_DIR (set MNIST_DIR)" >&2; exit 1; }
 if [ "$MODE" = full ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
   echo "error: install Fashion-MNIST first: apt-get install dataset-fashion-mnist" >&2; exit 1
+fi
+if [ "$MODE" = full ] && [ -z "${CIFAR_DIR:-}" ]; then
+  CIFAR_DIR=$RUNS/cifar10-jpeg
+  if [ ! -d "$CIFAR_DIR" ]; then
+    mkdir -p "$RUNS"
+    tar -C "$RUNS" -xzf "$ROOT/../shared/datasets/cifar10-jpeg.tar.gz"
+  fi
 fi
 
 (cd "$ROOT" && cargo build --release -p trainer)
 mkdir -p "$RUNS"
 rows=()
 for job in "${JOBS[@]}"; do
-  read -r dataset model <<<"$job"
+  read -r dataset model head epochs optimizer extra <<<"$job"
   data=()
   [ "$dataset" = mnist ] && data=(--data-dir "$MNIST_DIR")
-  for head in "${HEADS[@]}"; do
-    out=$RUNS/$dataset-$model-${head/:/}
-    rm -rf "$out"
-    echo "==> $dataset $model $head ($EPOCHS epochs) -> $out"
-    "$TRAINER" train --dataset "$dataset" "${data[@]}" --model "$model" --head "$head" \
-      --epochs "$EPOCHS" --seed 0 --out "$out" --no-progress
-    rows+=("$(python3 - "$out" "$dataset" "$model" "$head" <<'PY'
+  [ "$dataset" = cifar10 ] && data=(--data-dir "$CIFAR_DIR" --device "$DEVICE")
+  # shellcheck disable=SC2206
+  extra=(${extra:-})
+  name=$dataset-$model-${head/:/}-$optimizer-${epochs}ep
+  [[ " ${extra[*]} " == *" --classifier-head dense "* ]] && name=$name-dense-classifier
+  out=$RUNS/$name
+  rm -rf "$out"
+  echo "==> $name -> $out"
+  "$TRAINER" train --dataset "$dataset" "${data[@]}" --model "$model" --head "$head" \
+    --epochs "$epochs" --optimizer "$optimizer" "${extra[@]}" --seed 0 --out "$out" --no-progress
+  head="$head${extra[*]:+ (${extra[*]})}"
+  rows+=("$(python3 - "$out" "$dataset" "$model" "$head, $optimizer, $epochs ep" <<'PY'
 import json, os, subprocess, sys
 out, dataset, model, head = sys.argv[1:]
 last = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
@@ -50,9 +79,29 @@ print(f"| {dataset} | {model} | {head} | {100 * (1 - last['val_acc']):.2f}% | {i
       f"| {last['images_per_sec']:.0f} |")
 PY
 )")
-  done
 done
 echo
 echo "| dataset | model | head | test error | params | compression | checkpoint | s/epoch (last) | train img/s |"
 echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+
+if [ "$MODE" = full ]; then
+  echo
+  echo "==> AlexNet (1000 classes) inference and fwd+bwd time per image, CPU"
+  (cd "$ROOT" && cargo run --release -p circulant-model --example speed -- alexnet 1,32 dense,circulant 1000)
+  echo
+  echo "==> mnist-cnn inference at batch 1 and 256"
+  (cd "$ROOT" && cargo run --release -p circulant-model --example speed -- mnist-cnn 1,256 dense,circulant,block:64)
+  echo
+  echo "==> AlexNet training steps on a synthetic JPEG ImageFolder (decode + model)"
+  SYN=$RUNS/synthetic-imagefolder
+  rm -rf "$SYN"
+  "$TRAINER" bench-decode --data-dir "$SYN" --generate 640 >/dev/null
+  mkdir -p "$SYN/val" && cp -r "$SYN/train/"* "$SYN/val/"
+  for head in dense circulant; do
+    start=$(date +%s.%N)
+    "$TRAINER" train --dataset imagefolder --data-dir "$SYN" --model alexnet --head "$head" \
+      --batch-size 32 --epochs 1 --max-steps 10 --seed 0 --no-progress --out "$RUNS/alexnet-synthetic-$head"
+    python3 -c "import sys,time; s=time.time()-float(sys.argv[1]); print(f'alexnet $head: 10 steps of 32 + eval of 640 images in {s:.1f} s')" "$start"
+  done
+fi
