@@ -3,7 +3,9 @@
 //! `cargo bench -p circulant-kernels --bench circulant` prints a markdown table;
 //! `-- --quick` runs only the d = 4096 rows (the headline comparison). The bench first calls
 //! [`circulant_kernels::heap::keep_freed_memory`], as the `trainer` does; `-- --default-heap`
-//! measures with glibc's default malloc settings instead.
+//! measures with glibc's default malloc settings instead. It also calls
+//! [`circulant_kernels::threads::serial_candle_elementwise`] (as the `trainer` does);
+//! `-- --candle-pool` keeps candle's element-wise thread pool instead.
 
 use candle_core::{Device, Module, Tensor, Var};
 use circulant_kernels::{block_circulant, circulant};
@@ -74,6 +76,13 @@ fn row(case: &str, d: usize, batch: usize, (fwd, fb): (f64, f64)) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let pool = if std::env::args().any(|a| a == "--candle-pool") {
+        "candle's element-wise pool kept (--candle-pool)"
+    } else if circulant_kernels::threads::serial_candle_elementwise() {
+        "candle element-wise ops on the calling thread (threads::serial_candle_elementwise)"
+    } else {
+        "CANDLE_NUM_THREADS from the environment"
+    };
     let heap = if std::env::args().any(|a| a == "--default-heap") {
         "glibc defaults (--default-heap)"
     } else if circulant_kernels::heap::keep_freed_memory() {
@@ -83,7 +92,7 @@ fn main() {
     };
     let budget = Duration::from_secs(if quick { 2 } else { 3 });
     println!(
-        "threads: {} (rayon), dtype f32, median ms, malloc: {heap}\n",
+        "threads: {} (rayon), dtype f32, median ms, malloc: {heap}, {pool}\n",
         rayon::current_num_threads()
     );
     println!("| case | d | batch | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|");

@@ -17,6 +17,7 @@ mod fft;
 pub mod heap;
 mod op;
 mod parallel;
+pub mod threads;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use dims::Dims;
