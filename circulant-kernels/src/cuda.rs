@@ -5,9 +5,39 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::CudaView;
 use candle_core::cuda::CudaStorage;
 use candle_core::{DType, Error, Layout, Result};
-use kernels_cuda::{BlockDims, FftFloat};
+use kernels_cuda::{BlockDims, FftFloat, Spectra};
 
 use crate::dims::Dims;
+
+/// Spectra of x and r kept on the GPU by the forward pass for the backward pass.
+pub(crate) enum Saved {
+    F32(Spectra<f32>),
+    F64(Spectra<f64>),
+}
+
+/// The float types of the GPU path, with their variant of [`Saved`].
+trait Float: FftFloat {
+    fn wrap(spectra: Spectra<Self>) -> Saved;
+    fn unwrap(saved: &Saved) -> Option<&Spectra<Self>>;
+}
+
+macro_rules! impl_float {
+    ($t:ty, $variant:ident) => {
+        impl Float for $t {
+            fn wrap(spectra: Spectra<$t>) -> Saved {
+                Saved::$variant(spectra)
+            }
+            fn unwrap(saved: &Saved) -> Option<&Spectra<$t>> {
+                match saved {
+                    Saved::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+impl_float!(f32, F32);
+impl_float!(f64, F64);
 
 fn block_dims(d: Dims) -> BlockDims {
     BlockDims {
@@ -54,28 +84,35 @@ fn check_inputs(op: &str, inputs: &[(&str, &CudaStorage)]) -> Result<DType> {
     }
 }
 
-fn forward_t<T: FftFloat>(
+fn forward_t<T: Float>(
     x: &CudaStorage,
     lx: &Layout,
     r: &CudaStorage,
     lr: &Layout,
     d: Dims,
-) -> Result<CudaStorage> {
+    keep_spectra: bool,
+) -> Result<(CudaStorage, Option<Saved>)> {
     let dev = x.device();
-    let y = kernels_cuda::forward::<T>(
-        dev,
-        &view::<T>("x", x, lx)?,
-        &view::<T>("r", r, lr)?,
+    let (x, r, d) = (
+        view::<T>("x", x, lx)?,
+        view::<T>("r", r, lr)?,
         block_dims(d),
-    )?;
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    );
+    let (y, saved) = if keep_spectra {
+        let (y, spectra) = kernels_cuda::forward_keep::<T>(dev, &x, &r, d)?;
+        (y, spectra.map(T::wrap))
+    } else {
+        (kernels_cuda::forward::<T>(dev, &x, &r, d)?, None)
+    };
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), saved))
 }
 
-fn backward_t<T: FftFloat>(
+fn backward_t<T: Float>(
     x: (&CudaStorage, &Layout),
     r: (&CudaStorage, &Layout),
     g: (&CudaStorage, &Layout),
     d: Dims,
+    saved: Option<&Saved>,
 ) -> Result<CudaStorage> {
     let dev = x.0.device();
     let packed = kernels_cuda::backward::<T>(
@@ -84,41 +121,42 @@ fn backward_t<T: FftFloat>(
         &view::<T>("r", r.0, r.1)?,
         &view::<T>("grad", g.0, g.1)?,
         block_dims(d),
+        saved.and_then(T::unwrap),
     )?;
     Ok(CudaStorage::wrap_cuda_slice(packed, dev.clone()))
 }
 
 /// `y` (n, p*b) from `x` (n, q*b) and `r` (p, q, b): contiguous (start offsets allowed),
-/// f32 or f64, same device.
+/// f32 or f64, same device; with their spectra when `keep_spectra`.
 pub(crate) fn forward(
     x: &CudaStorage,
     lx: &Layout,
     r: &CudaStorage,
     lr: &Layout,
     d: Dims,
-) -> Result<CudaStorage> {
+    keep_spectra: bool,
+) -> Result<(CudaStorage, Option<Saved>)> {
     match check_inputs("block_circulant", &[("x", x), ("r", r)])? {
-        DType::F64 => forward_t::<f64>(x, lx, r, lr, d),
-        _ => forward_t::<f32>(x, lx, r, lr, d),
+        DType::F64 => forward_t::<f64>(x, lx, r, lr, d, keep_spectra),
+        _ => forward_t::<f32>(x, lx, r, lr, d, keep_spectra),
     }
 }
 
 /// Packed `[dx (n*q*b) ; dr (p*q*b)]` from `x` (n, q*b), `r` (p, q, b) and `g` = dL/dy
-/// (n, p*b); see `kernels_cuda::backward` for the formulas.
+/// (n, p*b), reusing the forward pass's spectra where given; see `kernels_cuda::backward` for
+/// the formulas.
 pub(crate) fn backward(
-    x: &CudaStorage,
-    lx: &Layout,
-    r: &CudaStorage,
-    lr: &Layout,
-    g: &CudaStorage,
-    lg: &Layout,
+    x: (&CudaStorage, &Layout),
+    r: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
     d: Dims,
+    saved: Option<&Saved>,
 ) -> Result<CudaStorage> {
     match check_inputs(
         "block_circulant_backward",
-        &[("x", x), ("r", r), ("grad", g)],
+        &[("x", x.0), ("r", r.0), ("grad", g.0)],
     )? {
-        DType::F64 => backward_t::<f64>((x, lx), (r, lr), (g, lg), d),
-        _ => backward_t::<f32>((x, lx), (r, lr), (g, lg), d),
+        DType::F64 => backward_t::<f64>(x, r, g, d, saved),
+        _ => backward_t::<f32>(x, r, g, d, saved),
     }
 }

@@ -12,6 +12,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod device_memory;
 mod dims;
 mod fft;
 pub mod heap;

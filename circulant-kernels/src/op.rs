@@ -16,10 +16,14 @@ pub(crate) struct Forward {
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
-/// Spectra computed by the forward pass that the backward pass needs again.
-struct Saved {
-    x: Spectra,
-    r: Spectra,
+/// Spectra of x and r computed by the forward pass that the backward pass needs again.
+enum Saved {
+    Cpu {
+        x: Spectra,
+        r: Spectra,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::Saved),
 }
 
 impl Forward {
@@ -36,13 +40,16 @@ impl Forward {
         let (xs, rs) = (cpu::spectra(x, d)?, cpu::weight_spectra(r, d)?);
         let y = cpu::forward(&xs, &rs, d)?;
         if self.keep_spectra {
-            let saved = Saved {
+            self.save(Saved::Cpu {
                 x: T::wrap(xs),
                 r: T::wrap(rs),
-            };
-            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(saved));
+            });
         }
         Ok(y)
+    }
+
+    fn save(&self, saved: Saved) {
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(saved));
     }
 }
 
@@ -55,14 +62,16 @@ pub(crate) struct Backward {
 impl Backward {
     fn cpu<T: Real>(&self, x: &[T], r: &[T], g: &[T]) -> Result<Vec<T>> {
         let d = self.dims;
-        let saved = self.saved.as_deref();
-        let xs = match saved.and_then(|s| T::unwrap(&s.x)) {
-            Some(xs) => Cow::Borrowed(xs),
-            None => Cow::Owned(cpu::spectra(x, d)?),
+        let saved = match self.saved.as_deref() {
+            Some(Saved::Cpu { x, r }) => T::unwrap(x).zip(T::unwrap(r)),
+            _ => None,
         };
-        let rs = match saved.and_then(|s| T::unwrap(&s.r)) {
-            Some(rs) => Cow::Borrowed(rs),
-            None => Cow::Owned(cpu::weight_spectra(r, d)?),
+        let (xs, rs) = match saved {
+            Some((xs, rs)) => (Cow::Borrowed(xs), Cow::Borrowed(rs)),
+            None => (
+                Cow::Owned(cpu::spectra(x, d)?),
+                Cow::Owned(cpu::weight_spectra(r, d)?),
+            ),
         };
         cpu::backward(&xs, &rs, g, d)
     }
@@ -115,7 +124,10 @@ impl CustomOp2 for Forward {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = crate::cuda::forward(s1, l1, s2, l2, self.dims)?;
+        let (out, saved) = crate::cuda::forward(s1, l1, s2, l2, self.dims, self.keep_spectra)?;
+        if let Some(saved) = saved {
+            self.save(Saved::Cuda(saved));
+        }
         Ok((out, self.dims.out_shape(l1.shape())))
     }
 
@@ -177,7 +189,11 @@ impl CustomOp3 for Backward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = crate::cuda::backward(s1, l1, s2, l2, s3, l3, self.dims)?;
+        let saved = match self.saved.as_deref() {
+            Some(Saved::Cuda(saved)) => Some(saved),
+            _ => None,
+        };
+        let out = crate::cuda::backward((s1, l1), (s2, l2), (s3, l3), self.dims, saved)?;
         Ok((out, Shape::from(self.dims.packed_grad_len())))
     }
 }

@@ -318,3 +318,90 @@ fn dtype_mismatch_is_an_error_not_a_panic() -> Result<()> {
     assert!(err.contains("F32") && err.contains("F64"), "{err}");
     Ok(())
 }
+
+/// The contiguous f64 data of a CUDA tensor, as a view for `kernels_cuda`.
+fn cuda_view<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> candle_core::cuda::cudarc::driver::CudaView<'a, f64> {
+    let candle_core::Storage::Cuda(s) = storage else {
+        panic!("not a CUDA tensor")
+    };
+    let (start, end) = layout.contiguous_offsets().expect("contiguous");
+    s.as_cuda_slice::<f64>().expect("f64").slice(start..end)
+}
+
+#[test]
+fn backward_with_and_without_the_forward_spectra_match_the_reference() -> Result<()> {
+    let Some(dev) = cuda() else { return Ok(()) };
+    let Device::Cuda(cdev) = &dev else {
+        unreachable!()
+    };
+    let mut rng = StdRng::seed_from_u64(8);
+    for &(batch, p, q, b) in &[(&[5usize][..], 2usize, 3usize, 7usize), (&[3], 1, 1, 1024)] {
+        let c = case(&mut rng, batch, p, q, b);
+        let (x, r, g) = c.tensors(DType::F64, &dev)?;
+        let (xs, xl) = x.storage_and_layout();
+        let (rs, rl) = r.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (xv, rv, gv) = (cuda_view(&xs, xl), cuda_view(&rs, rl), cuda_view(&gs, gl));
+        let d = kernels_cuda::BlockDims { n: c.n, p, q, b };
+        let (y, saved) = kernels_cuda::forward_keep(cdev, &xv, &rv, d)?;
+        assert!(saved.is_some(), "{}: no spectra kept", c.label());
+        let stream = cdev.cuda_stream();
+        let y = stream.clone_dtoh(&y).map_err(candle_core::Error::wrap)?;
+        let label = c.label();
+        assert_close(
+            &format!("y, {label}"),
+            &y,
+            &reference_forward(&c.x, &c.r, c.n, p, q, b),
+            1e-10,
+        );
+        let (dx_ref, dr_ref) = reference_backward(&c.x, &c.r, &c.g, c.n, p, q, b);
+        let want = [dx_ref, dr_ref].concat();
+        for (how, spectra) in [("saved", saved.as_ref()), ("recomputed", None)] {
+            let packed = kernels_cuda::backward(cdev, &xv, &rv, &gv, d, spectra)?;
+            let got = stream
+                .clone_dtoh(&packed)
+                .map_err(candle_core::Error::wrap)?;
+            assert_close(
+                &format!("[dx; dr] ({how} spectra), {label}"),
+                &got,
+                &want,
+                1e-10,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn spectra_saved_for_other_sizes_are_an_error() -> Result<()> {
+    let Some(dev) = cuda() else { return Ok(()) };
+    let Device::Cuda(cdev) = &dev else {
+        unreachable!()
+    };
+    // Both size sets have 16 elements in x, r and y: only the saved sizes tell them apart.
+    let x = Tensor::ones(16, DType::F64, &dev)?;
+    let (xs, xl) = x.storage_and_layout();
+    let v = cuda_view(&xs, xl);
+    let d1 = kernels_cuda::BlockDims {
+        n: 2,
+        p: 2,
+        q: 2,
+        b: 4,
+    };
+    let d2 = kernels_cuda::BlockDims {
+        n: 1,
+        p: 1,
+        q: 1,
+        b: 16,
+    };
+    let (_, saved) = kernels_cuda::forward_keep(cdev, &v, &v, d1)?;
+    let err = kernels_cuda::backward(cdev, &v, &v, &v, d2, saved.as_ref())
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("saved spectra are for"), "{err}");
+    Ok(())
+}

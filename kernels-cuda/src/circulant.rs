@@ -169,6 +169,40 @@ fn irfft<T: FftFloat>(
     Ok(())
 }
 
+/// Half spectra of `x` and `r` computed by [`forward_keep`]; [`backward`] reuses them instead
+/// of transforming `x` and `r` again (4 transforms of batch rows per training step, not 5).
+pub struct Spectra<T: FftFloat> {
+    dims: BlockDims,
+    x: CudaSlice<T::Complex>,
+    r: CudaSlice<T::Complex>,
+}
+
+fn check_inputs<T: FftFloat>(x: &CudaView<'_, T>, r: &CudaView<'_, T>, d: BlockDims) -> Result<()> {
+    check_len("x", x.len(), d.x_len()?, d)?;
+    check_len("r", r.len(), d.r_len()?, d)
+}
+
+/// `y` (n, p*b) from the spectra of `x` and `r`.
+fn forward_from_spectra<T: FftFloat>(
+    dev: &CudaDevice,
+    xf: &CudaSlice<T::Complex>,
+    rf: &CudaSlice<T::Complex>,
+    d: BlockDims,
+) -> Result<CudaSlice<T>> {
+    let mut yf = contract::<T>(
+        dev,
+        Contraction::Forward,
+        xf,
+        rf,
+        d.sizes(),
+        1.0 / d.b as f64,
+    )?;
+    // SAFETY: every element is written by the inverse transform.
+    let mut y = unsafe { dev.alloc::<T>(d.y_len()?)? };
+    irfft(dev, &mut yf, &mut y.slice_mut(..), d.b, d.n * d.p)?;
+    Ok(y)
+}
+
 /// `y` (n, p*b) with `y[n, i*b+s] = sum_j sum_t r[i,j,(s-t) mod b] x[n, j*b+t]`, from `x`
 /// (n, q*b) and `r` (p, q, b), contiguous, on `dev`. Stays on the GPU.
 pub fn forward<T: FftFloat>(
@@ -177,51 +211,81 @@ pub fn forward<T: FftFloat>(
     r: &CudaView<'_, T>,
     d: BlockDims,
 ) -> Result<CudaSlice<T>> {
-    check_len("x", x.len(), d.x_len()?, d)?;
-    check_len("r", r.len(), d.r_len()?, d)?;
-    let y_len = d.y_len()?;
+    check_inputs(x, r, d)?;
     if d.is_degenerate() {
-        return dev.alloc_zeros::<T>(y_len);
+        return dev.alloc_zeros::<T>(d.y_len()?);
     }
-    let s = d.sizes();
     let xf = rfft(dev, x, d.b, d.n * d.q)?;
     let rf = rfft(dev, r, d.b, d.p * d.q)?;
-    let mut yf = contract::<T>(dev, Contraction::Forward, &xf, &rf, s, 1.0 / d.b as f64)?;
-    drop(xf);
-    // SAFETY: every element is written by the inverse transform.
-    let mut y = unsafe { dev.alloc::<T>(y_len)? };
-    irfft(dev, &mut yf, &mut y.slice_mut(..), d.b, d.n * d.p)?;
-    Ok(y)
+    forward_from_spectra(dev, &xf, &rf, d)
+}
+
+/// [`forward`], also returning the spectra of `x` and `r` for [`backward`] (`None` when a
+/// size is 0). Holding them costs about as much memory as `x`.
+pub fn forward_keep<T: FftFloat>(
+    dev: &CudaDevice,
+    x: &CudaView<'_, T>,
+    r: &CudaView<'_, T>,
+    d: BlockDims,
+) -> Result<(CudaSlice<T>, Option<Spectra<T>>)> {
+    check_inputs(x, r, d)?;
+    if d.is_degenerate() {
+        return Ok((dev.alloc_zeros::<T>(d.y_len()?)?, None));
+    }
+    let xf = rfft(dev, x, d.b, d.n * d.q)?;
+    let rf = rfft(dev, r, d.b, d.p * d.q)?;
+    let y = forward_from_spectra(dev, &xf, &rf, d)?;
+    Ok((
+        y,
+        Some(Spectra {
+            dims: d,
+            x: xf,
+            r: rf,
+        }),
+    ))
 }
 
 /// Gradients of [`forward`] given `g` = dL/dy (n, p*b), packed as one buffer
 /// `[dx (n*q*b) ; dr (p*q*b)]`:
 /// `dx[n, j*b+t] = sum_i sum_s g[n, i*b+s] r[i,j,(s-t) mod b]`,
 /// `dr[i,j,u] = sum_n sum_s g[n, i*b+s] x[n, j*b+(s-u) mod b]` (batch summed in frequency).
+/// `saved`, the spectra from [`forward_keep`] on the same `x` and `r`, spares transforming
+/// them again; without it they are recomputed.
 pub fn backward<T: FftFloat>(
     dev: &CudaDevice,
     x: &CudaView<'_, T>,
     r: &CudaView<'_, T>,
     g: &CudaView<'_, T>,
     d: BlockDims,
+    saved: Option<&Spectra<T>>,
 ) -> Result<CudaSlice<T>> {
-    let x_len = d.x_len()?;
-    let r_len = d.r_len()?;
-    check_len("x", x.len(), x_len, d)?;
-    check_len("r", r.len(), r_len, d)?;
+    check_inputs(x, r, d)?;
     check_len("grad", g.len(), d.y_len()?, d)?;
+    let (x_len, r_len) = (d.x_len()?, d.r_len()?);
     if d.is_degenerate() {
         return dev.alloc_zeros::<T>(x_len + r_len);
+    }
+    if let Some(s) = saved.filter(|s| s.dims != d) {
+        return Err(Error::Msg(format!(
+            "circulant (cuda): saved spectra are for {:?}, not {d:?}",
+            s.dims
+        ))
+        .bt());
     }
     let s = d.sizes();
     let scale = 1.0 / d.b as f64;
     let gf = rfft(dev, g, d.b, d.n * d.p)?;
-    let rf = rfft(dev, r, d.b, d.p * d.q)?;
-    let mut dxf = contract::<T>(dev, Contraction::GradX, &gf, &rf, s, scale)?;
-    drop(rf);
-    let xf = rfft(dev, x, d.b, d.n * d.q)?;
-    let mut drf = contract::<T>(dev, Contraction::GradR, &xf, &gf, s, scale)?;
-    drop((xf, gf));
+    let computed;
+    let (xf, rf) = match saved {
+        Some(saved) => (&saved.x, &saved.r),
+        None => {
+            computed = (rfft(dev, x, d.b, d.n * d.q)?, rfft(dev, r, d.b, d.p * d.q)?);
+            (&computed.0, &computed.1)
+        }
+    };
+    let mut dxf = contract::<T>(dev, Contraction::GradX, &gf, rf, s, scale)?;
+    let mut drf = contract::<T>(dev, Contraction::GradR, xf, &gf, s, scale)?;
+    drop(gf);
     // SAFETY: every element is written by the two inverse transforms.
     let mut out = unsafe { dev.alloc::<T>(x_len + r_len)? };
     {

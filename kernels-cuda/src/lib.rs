@@ -13,8 +13,12 @@ mod dtype;
 mod kernels;
 #[cfg(feature = "cuda")]
 mod plan;
+#[cfg(feature = "cuda")]
+mod pool;
 
 #[cfg(feature = "cuda")]
-pub use circulant::{backward, forward, BlockDims};
+pub use circulant::{backward, forward, forward_keep, BlockDims, Spectra};
 #[cfg(feature = "cuda")]
 pub use dtype::FftFloat;
+#[cfg(feature = "cuda")]
+pub use pool::keep_freed_memory;
