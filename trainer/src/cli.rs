@@ -6,9 +6,28 @@ use circulant_model::{Head, Network};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+/// Process settings the trainer makes at start, and how to override them.
+const ENVIRONMENT: &str = "\
+Environment:
+  RAYON_NUM_THREADS             CPU threads of the circulant layers (decoding: --workers)
+  CANDLE_NUM_THREADS            candle's own element-wise threads (the trainer sets 1: one
+                                thread pool instead of two taking turns)
+  MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_
+                                glibc settings; by default the trainer keeps freed memory
+                                mapped (faster steps, up to ~1 GiB held)
+  CIRCULANT_KEEP_DEVICE_MEMORY  0: leave the CUDA memory pool's default (freed GPU memory
+                                released at every step) instead of keeping it";
+
 /// Train, evaluate and run networks with circulant fully-connected heads.
 #[derive(Parser, Debug)]
-#[command(name = "trainer", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "trainer",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = ENVIRONMENT
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
