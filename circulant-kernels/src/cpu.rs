@@ -1,60 +1,76 @@
-//! CPU kernels: real FFTs per length-b block, a per-frequency contraction, inverse FFTs.
+//! CPU kernels: complex FFTs of pairs of rows, a per-frequency contraction, inverse FFTs.
 //!
-//! With `X̂`, `R̂`, `Ĝ` the real FFTs of the blocks of x, r and the upstream gradient g:
-//! - forward: `Ŷ[n,i] = Σ_j R̂[i,j] · X̂[n,j]`;
-//! - input gradient: `dX̂[n,j] = Σ_i conj(R̂[i,j]) · Ĝ[n,i]`;
-//! - weight gradient: `dR̂[i,j] = Σ_n conj(X̂[n,j]) · Ĝ[n,i]`, summed over the batch in the
-//!   frequency domain, then one inverse FFT per block.
+//! The weight matrix `W` is real, so `W (x1 + i·x2) = W x1 + i·W x2`: rows are taken in pairs,
+//! one complex FFT of `x1 + i·x2` per length-b block replaces the real FFTs of both rows, and
+//! the real and imaginary parts of one inverse FFT are the two output rows. At b = 4096 this
+//! takes 55% of the time of realfft's real transforms (docs/BENCHMARKS.md), whose
+//! pre/post-processing passes cost as much as the FFTs themselves. An odd last row is paired
+//! with zeros.
 //!
-//! The forward pass keeps `X̂` and `R̂` so the backward pass needs no FFT of x or r (4 FFTs per
-//! sample in all, the minimum). Rows are split across threads (see `parallel`).
+//! With `Ẑ`, `R̂`, `Ĝ` the FFTs of the blocks of a pair of rows, of r and of the pair's upstream
+//! gradient:
+//! - forward: `Ŷ[i] = Σ_j R̂[i,j] · Ẑ[j]`;
+//! - input gradient: `dẐ[j] = Σ_i conj(R̂[i,j]) · Ĝ[i]`;
+//! - weight gradient: with `S[i,j] = Σ_pairs conj(Ẑ[j]) · Ĝ[i]` (summed over the batch in the
+//!   frequency domain), the spectrum of `dr[i,j]` is `(S[k] + conj(S[-k])) / 2`: the terms that
+//!   mix the two rows of a pair cancel. Then one inverse FFT per block.
+//!
+//! The forward pass keeps `Ẑ` and `R̂` so the backward pass transforms only the gradient.
+//! Pairs of rows are split across threads (see `parallel`).
 
 use crate::dims::Dims;
 use crate::fft::{Plans, Real};
 use crate::parallel::map_rows;
 use candle_core::Result;
-use realfft::num_complex::Complex;
+use rustfft::num_complex::Complex;
 
-/// Real FFTs of every length-b block of `x`: (n, q*b) → n*q spectra of b/2+1 values.
+/// FFTs of the blocks of every pair of rows of `x: (n, q*b)`, as `x[2k] + i·x[2k+1]`:
+/// `ceil(n/2)` pairs of `q*b` values.
 pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
-    blocks_spectra(x, d.n * d.q, d.b)
-}
-
-/// `R̂ / b` for every block of `r: (p, q, b)`, so that inverse FFTs need no scaling.
-pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
-    let mut rs = blocks_spectra(r, d.p * d.q, d.b)?;
-    let scale = inv_len::<T>(d.b);
-    rs.iter_mut().for_each(|v| *v *= scale);
-    Ok(rs)
-}
-
-fn blocks_spectra<T: Real>(v: &[T], blocks: usize, b: usize) -> Result<Vec<Complex<T>>> {
-    let nf = b / 2 + 1;
-    let mut out = vec![Complex::default(); blocks * nf];
-    let plans = Plans::<T>::new(b);
-    map_rows(&mut out, nf, |k, out| {
-        plans
-            .workspace()
-            .rfft_blocks(&v[k.start * b..k.end * b], out)
+    let len = d.q * d.b;
+    let mut out = vec![Complex::default(); d.n.div_ceil(2) * len];
+    let plans = Plans::<T>::new(d.b);
+    map_rows(&mut out, len, |pairs, out| {
+        let mut ws = plans.workspace();
+        let rows = &x[2 * pairs.start * len..(2 * pairs.end * len).min(x.len())];
+        for (z, rows) in out.chunks_exact_mut(len).zip(rows.chunks(2 * len)) {
+            pack(rows, z);
+            ws.fft(z);
+        }
+        Ok(())
     })?;
     Ok(out)
+}
+
+/// `R̂ / b` for every block of `r: (p, q, b)` (full spectra of b values), so that inverse FFTs
+/// need no scaling.
+pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
+    let scale = inv_len::<T>(d.b);
+    let mut rs: Vec<Complex<T>> = r
+        .iter()
+        .map(|&v| Complex::new(v * scale, T::zero()))
+        .collect();
+    Plans::<T>::new(d.b).workspace().fft(&mut rs);
+    Ok(rs)
 }
 
 /// `y = x Wᵀ` for the block-circulant `W` given by `r: (p, q, b)`, from `xs = spectra(x)` and
 /// `rs = weight_spectra(r)`.
 pub(crate) fn forward<T: Real>(xs: &[Complex<T>], rs: &[Complex<T>], d: Dims) -> Result<Vec<T>> {
-    let (q, b, nf) = (d.q, d.b, d.freqs());
-    let mut y = vec![T::zero(); d.n * d.p * b];
+    let (q, b) = (d.q, d.b);
+    let row = d.p * b;
+    let mut y = vec![T::zero(); d.n * row];
     let plans = Plans::<T>::new(b);
-    map_rows(&mut y, d.p * b, |rows, y| {
+    map_rows(&mut y, 2 * row, |pairs, y| {
         let mut ws = plans.workspace();
-        let mut acc = vec![Complex::default(); nf];
-        let xs = &xs[rows.start * q * nf..rows.end * q * nf];
-        for (y, xs) in y.chunks_exact_mut(d.p * b).zip(xs.chunks_exact(q * nf)) {
-            for (y, rs) in y.chunks_exact_mut(b).zip(rs.chunks_exact(q * nf)) {
-                contract(rs.chunks_exact(nf), xs.chunks_exact(nf), &mut acc, false);
-                ws.irfft(&mut acc, y)?;
+        let mut acc = vec![Complex::default(); row];
+        let xs = &xs[pairs.start * q * b..pairs.end * q * b];
+        for (y, zs) in y.chunks_mut(2 * row).zip(xs.chunks_exact(q * b)) {
+            for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(q * b)) {
+                contract(rs.chunks_exact(b), zs.chunks_exact(b), acc, false);
             }
+            ws.ifft(&mut acc);
+            unpack(&acc, y);
         }
         Ok(())
     })?;
@@ -69,37 +85,40 @@ pub(crate) fn backward<T: Real>(
     g: &[T],
     d: Dims,
 ) -> Result<Vec<T>> {
-    let (p, q, b, nf) = (d.p, d.q, d.b, d.freqs());
+    let (p, q, b) = (d.p, d.q, d.b);
+    let (in_row, out_row) = (q * b, p * b);
     let mut out = vec![T::zero(); d.packed_grad_len()];
     let plans = Plans::<T>::new(b);
-    let (dx, dr) = out.split_at_mut(d.n * q * b);
-    let partials = map_rows(dx, q * b, |rows, dx| {
+    let (dx, dr) = out.split_at_mut(d.n * in_row);
+    let partials = map_rows(dx, 2 * in_row, |pairs, dx| {
         let mut ws = plans.workspace();
-        let mut gs = vec![Complex::default(); p * nf];
-        let mut acc = vec![Complex::default(); nf];
-        let mut drs = vec![Complex::<T>::default(); p * q * nf];
-        let xs = &xs[rows.start * q * nf..rows.end * q * nf];
-        let g = &g[rows.start * p * b..rows.end * p * b];
-        for ((dx, xs), g) in dx
-            .chunks_exact_mut(q * b)
-            .zip(xs.chunks_exact(q * nf))
-            .zip(g.chunks_exact(p * b))
+        let mut gs = vec![Complex::default(); out_row];
+        let mut acc = vec![Complex::default(); in_row];
+        let mut sums = vec![Complex::<T>::default(); p * q * b];
+        let xs = &xs[pairs.start * in_row..pairs.end * in_row];
+        let g = &g[2 * pairs.start * out_row..(2 * pairs.end * out_row).min(g.len())];
+        for ((dx, zs), g) in dx
+            .chunks_mut(2 * in_row)
+            .zip(xs.chunks_exact(in_row))
+            .zip(g.chunks(2 * out_row))
         {
-            ws.rfft_blocks(g, &mut gs)?;
-            for (j, dx) in dx.chunks_exact_mut(b).enumerate() {
-                let col = rs[j * nf..].chunks(nf).step_by(q);
-                contract(col, gs.chunks_exact(nf), &mut acc, true);
-                ws.irfft(&mut acc, dx)?;
+            pack(g, &mut gs);
+            ws.fft(&mut gs);
+            for (j, acc) in acc.chunks_exact_mut(b).enumerate() {
+                let col = rs[j * b..].chunks(b).step_by(q);
+                contract(col, gs.chunks_exact(b), acc, true);
             }
-            for (dr_i, g_i) in drs.chunks_exact_mut(q * nf).zip(gs.chunks_exact(nf)) {
-                for (dr_ij, x_j) in dr_i.chunks_exact_mut(nf).zip(xs.chunks_exact(nf)) {
-                    for ((acc, x), g) in dr_ij.iter_mut().zip(x_j).zip(g_i) {
-                        *acc += x.conj() * g;
+            ws.ifft(&mut acc);
+            unpack(&acc, dx);
+            for (s_i, g_i) in sums.chunks_exact_mut(q * b).zip(gs.chunks_exact(b)) {
+                for (s_ij, z_j) in s_i.chunks_exact_mut(b).zip(zs.chunks_exact(b)) {
+                    for ((s, z), g) in s_ij.iter_mut().zip(z_j).zip(g_i) {
+                        *s += z.conj() * g;
                     }
                 }
             }
         }
-        Ok(drs)
+        Ok(sums)
     })?;
 
     // Sum the per-thread partial spectra in a fixed order, then one inverse FFT per block.
@@ -110,18 +129,46 @@ pub(crate) fn backward<T: Real>(
     for part in parts {
         total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
     }
-    let scale = inv_len::<T>(b);
+    let half = inv_len::<T>(b) * <T as candle_core::WithDType>::from_f64(0.5);
     map_rows(dr, b, |blocks, dr| {
         let mut ws = plans.workspace();
-        let mut acc = vec![Complex::default(); nf];
-        let total = &total[blocks.start * nf..blocks.end * nf];
-        for (dr, spec) in dr.chunks_exact_mut(b).zip(total.chunks_exact(nf)) {
-            acc.iter_mut().zip(spec).for_each(|(a, s)| *a = *s * scale);
-            ws.irfft(&mut acc, dr)?;
+        let mut acc = vec![Complex::default(); b];
+        let total = &total[blocks.start * b..blocks.end * b];
+        for (dr, s) in dr.chunks_exact_mut(b).zip(total.chunks_exact(b)) {
+            // acc[k] = (s[k] + conj(s[-k])) / (2b), with s[-k] = s[b - k] for k > 0.
+            acc[0] = (s[0] + s[0].conj()) * half;
+            for ((a, s), mirror) in acc[1..].iter_mut().zip(&s[1..]).zip(s[1..].iter().rev()) {
+                *a = (s + mirror.conj()) * half;
+            }
+            ws.ifft(&mut acc);
+            dr.iter_mut().zip(&acc).for_each(|(v, a)| *v = a.re);
         }
         Ok(())
     })?;
     Ok(out)
+}
+
+/// `z = rows[0] + i·rows[1]` for one or two rows of `z.len()` values (the second row is
+/// zeros when absent).
+fn pack<T: Real>(rows: &[T], z: &mut [Complex<T>]) {
+    let (first, second) = rows.split_at(z.len());
+    if second.is_empty() {
+        z.iter_mut()
+            .zip(first)
+            .for_each(|(z, &a)| *z = Complex::new(a, T::zero()));
+    } else {
+        for ((z, &a), &b) in z.iter_mut().zip(first).zip(second) {
+            *z = Complex::new(a, b);
+        }
+    }
+}
+
+/// The inverse of [`pack`]: real parts into the first row, imaginary parts into the second
+/// (when `rows` holds two).
+fn unpack<T: Real>(z: &[Complex<T>], rows: &mut [T]) {
+    let (first, second) = rows.split_at_mut(z.len());
+    first.iter_mut().zip(z).for_each(|(v, z)| *v = z.re);
+    second.iter_mut().zip(z).for_each(|(v, z)| *v = z.im);
 }
 
 /// `acc = Σ_k w_k · v_k` (with `conj(w_k)` when `conj`), element-wise over frequencies.

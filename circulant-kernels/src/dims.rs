@@ -37,11 +37,6 @@ impl Dims {
         })
     }
 
-    /// Number of complex frequencies of a real FFT of length `b`.
-    pub fn freqs(&self) -> usize {
-        self.b / 2 + 1
-    }
-
     /// Output shape for an input of shape `x`: the last dim becomes `p*b`.
     pub fn out_shape(&self, x: &Shape) -> Shape {
         let mut dims = x.dims().to_vec();
@@ -73,7 +68,6 @@ mod tests {
                 b: 4
             }
         );
-        assert_eq!(d.freqs(), 3);
         assert_eq!(d.out_shape(&Shape::from((2, 3, 12))).dims(), &[2, 3, 20]);
         assert_eq!(d.packed_grad_len(), 6 * 12 + 5 * 12);
     }

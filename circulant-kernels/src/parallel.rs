@@ -9,14 +9,16 @@ use candle_core::Result;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Splits `out` into consecutive chunks of whole rows (`row_len` values each), one per thread,
-/// runs `f(rows, chunk)` on every chunk in parallel and returns the results in row order.
+/// Splits `out` into consecutive chunks of whole rows (`row_len` values each; the last row may
+/// be shorter), one per thread, runs `f(rows, chunk)` on every chunk in parallel and returns
+/// the results in row order.
 pub(crate) fn map_rows<T: Send, R: Send>(
     out: &mut [T],
     row_len: usize,
     f: impl Fn(Range<usize>, &mut [T]) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let n = out.len() / row_len.max(1);
+    let row_len = row_len.max(1);
+    let n = out.len().div_ceil(row_len);
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -28,7 +30,7 @@ pub(crate) fn map_rows<T: Send, R: Send>(
         .enumerate()
         .map(|(k, chunk)| {
             let start = k * per_task;
-            f(start..start + chunk.len() / row_len, chunk)
+            f(start..start + chunk.len().div_ceil(row_len), chunk)
         })
         .collect()
 }
