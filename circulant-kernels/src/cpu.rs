@@ -20,7 +20,7 @@
 
 use crate::dims::Dims;
 use crate::fft::{Plans, Real};
-use crate::parallel::map_rows;
+use crate::parallel::{map_rows, map_rows2};
 use candle_core::Result;
 use rustfft::num_complex::Complex;
 
@@ -54,19 +54,29 @@ pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>
     Ok(rs)
 }
 
-/// `y = x Wᵀ` for the block-circulant `W` given by `r: (p, q, b)`, from `xs = spectra(x)` and
-/// `rs = weight_spectra(r)`.
-pub(crate) fn forward<T: Real>(xs: &[Complex<T>], rs: &[Complex<T>], d: Dims) -> Result<Vec<T>> {
-    let (q, b) = (d.q, d.b);
-    let row = d.p * b;
-    let mut y = vec![T::zero(); d.n * row];
+/// `y = x Wᵀ` for the block-circulant `W` given by `rs = weight_spectra(r)`, and the spectra of
+/// `x` (as [`spectra`] returns them, for the backward pass), in one pass over the rows.
+pub(crate) fn forward<T: Real>(
+    x: &[T],
+    rs: &[Complex<T>],
+    d: Dims,
+) -> Result<(Vec<T>, Vec<Complex<T>>)> {
+    let (in_row, out_row, b) = (d.q * d.b, d.p * d.b, d.b);
+    let mut y = vec![T::zero(); d.n * out_row];
+    let mut xs = vec![Complex::default(); d.n.div_ceil(2) * in_row];
     let plans = Plans::<T>::new(b);
-    map_rows(&mut y, 2 * row, |pairs, y| {
+    map_rows2(&mut y, 2 * out_row, &mut xs, in_row, |pairs, y, xs| {
         let mut ws = plans.workspace();
-        let mut acc = vec![Complex::default(); row];
-        let xs = &xs[pairs.start * q * b..pairs.end * q * b];
-        for (y, zs) in y.chunks_mut(2 * row).zip(xs.chunks_exact(q * b)) {
-            for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(q * b)) {
+        let mut acc = vec![Complex::default(); out_row];
+        let x = &x[2 * pairs.start * in_row..(2 * pairs.end * in_row).min(x.len())];
+        for ((y, zs), x) in y
+            .chunks_mut(2 * out_row)
+            .zip(xs.chunks_exact_mut(in_row))
+            .zip(x.chunks(2 * in_row))
+        {
+            pack(x, zs);
+            ws.fft(zs);
+            for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(in_row)) {
                 contract(rs.chunks_exact(b), zs.chunks_exact(b), acc, false);
             }
             ws.ifft(&mut acc);
@@ -74,7 +84,7 @@ pub(crate) fn forward<T: Real>(xs: &[Complex<T>], rs: &[Complex<T>], d: Dims) ->
         }
         Ok(())
     })?;
-    Ok(y)
+    Ok((y, xs))
 }
 
 /// Gradients of `sum(y * g)`, given `xs = spectra(x)` and `rs = weight_spectra(r)`:

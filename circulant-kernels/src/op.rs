@@ -37,8 +37,8 @@ impl Forward {
 
     fn cpu<T: Real>(&self, x: &[T], r: &[T]) -> Result<Vec<T>> {
         let d = self.dims;
-        let (xs, rs) = (cpu::spectra(x, d)?, cpu::weight_spectra(r, d)?);
-        let y = cpu::forward(&xs, &rs, d)?;
+        let rs = cpu::weight_spectra(r, d)?;
+        let (y, xs) = cpu::forward(x, &rs, d)?;
         if self.keep_spectra {
             self.save(Saved::Cpu {
                 x: T::wrap(xs),

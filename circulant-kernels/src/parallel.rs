@@ -34,3 +34,31 @@ pub(crate) fn map_rows<T: Send, R: Send>(
         })
         .collect()
 }
+
+/// [`map_rows`] over two outputs with the same number of rows (`a_len` and `b_len` values per
+/// row; the last row of each may be shorter): `f(rows, a_chunk, b_chunk)`.
+pub(crate) fn map_rows2<A: Send, B: Send, R: Send>(
+    a: &mut [A],
+    a_len: usize,
+    b: &mut [B],
+    b_len: usize,
+    f: impl Fn(Range<usize>, &mut [A], &mut [B]) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let (a_len, b_len) = (a_len.max(1), b_len.max(1));
+    let n = a.len().div_ceil(a_len);
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let per_task = n.div_ceil(rayon::current_num_threads().max(1));
+    if per_task == n {
+        return Ok(vec![f(0..n, a, b)?]);
+    }
+    a.par_chunks_mut(per_task * a_len)
+        .zip(b.par_chunks_mut(per_task * b_len))
+        .enumerate()
+        .map(|(k, (a, b))| {
+            let start = k * per_task;
+            f(start..start + a.len().div_ceil(a_len), a, b)
+        })
+        .collect()
+}
