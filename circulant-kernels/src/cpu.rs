@@ -4,8 +4,8 @@
 //! one complex FFT of `x1 + i·x2` per length-b block replaces the real FFTs of both rows, and
 //! the real and imaginary parts of one inverse FFT are the two output rows. At b = 4096 this
 //! takes 55% of the time of realfft's real transforms (docs/BENCHMARKS.md), whose
-//! pre/post-processing passes cost as much as the FFTs themselves. An odd last row is paired
-//! with zeros.
+//! pre/post-processing passes cost as much as the FFTs themselves. A row without a partner (an
+//! odd last row, a block of r) gets a real FFT, mirrored to the full spectrum.
 //!
 //! With `Ẑ`, `R̂`, `Ĝ` the FFTs of the blocks of a pair of rows, of r and of the pair's upstream
 //! gradient:
@@ -19,7 +19,7 @@
 //! Pairs of rows are split across threads (see `parallel`).
 
 use crate::dims::Dims;
-use crate::fft::{Plans, Real};
+use crate::fft::{Plans, Real, Workspace};
 use crate::parallel::{map_rows, map_rows2};
 use candle_core::Result;
 use rustfft::num_complex::Complex;
@@ -34,8 +34,7 @@ pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
         let mut ws = plans.workspace();
         let rows = &x[2 * pairs.start * len..(2 * pairs.end * len).min(x.len())];
         for (z, rows) in out.chunks_exact_mut(len).zip(rows.chunks(2 * len)) {
-            pack(rows, z);
-            ws.fft(z);
+            transform(&mut ws, rows, z)?;
         }
         Ok(())
     })?;
@@ -46,11 +45,9 @@ pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
 /// need no scaling.
 pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
     let scale = inv_len::<T>(d.b);
-    let mut rs: Vec<Complex<T>> = r
-        .iter()
-        .map(|&v| Complex::new(v * scale, T::zero()))
-        .collect();
-    Plans::<T>::new(d.b).workspace().fft(&mut rs);
+    let mut rs = vec![Complex::default(); r.len()];
+    Plans::<T>::new(d.b).workspace().rfft(r, &mut rs)?;
+    rs.iter_mut().for_each(|v| *v *= scale);
     Ok(rs)
 }
 
@@ -74,13 +71,11 @@ pub(crate) fn forward<T: Real>(
             .zip(xs.chunks_exact_mut(in_row))
             .zip(x.chunks(2 * in_row))
         {
-            pack(x, zs);
-            ws.fft(zs);
+            transform(&mut ws, x, zs)?;
             for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(in_row)) {
                 contract(rs.chunks_exact(b), zs.chunks_exact(b), acc, false);
             }
-            ws.ifft(&mut acc);
-            unpack(&acc, y);
+            inverse(&mut ws, &mut acc, y)?;
         }
         Ok(())
     })?;
@@ -112,14 +107,12 @@ pub(crate) fn backward<T: Real>(
             .zip(xs.chunks_exact(in_row))
             .zip(g.chunks(2 * out_row))
         {
-            pack(g, &mut gs);
-            ws.fft(&mut gs);
+            transform(&mut ws, g, &mut gs)?;
             for (j, acc) in acc.chunks_exact_mut(b).enumerate() {
                 let col = rs[j * b..].chunks(b).step_by(q);
                 contract(col, gs.chunks_exact(b), acc, true);
             }
-            ws.ifft(&mut acc);
-            unpack(&acc, dx);
+            inverse(&mut ws, &mut acc, dx)?;
             for (s_i, g_i) in sums.chunks_exact_mut(q * b).zip(gs.chunks_exact(b)) {
                 for (s_ij, z_j) in s_i.chunks_exact_mut(b).zip(zs.chunks_exact(b)) {
                     for ((s, z), g) in s_ij.iter_mut().zip(z_j).zip(g_i) {
@@ -139,46 +132,51 @@ pub(crate) fn backward<T: Real>(
     for part in parts {
         total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
     }
+    let nf = b / 2 + 1;
     let half = inv_len::<T>(b) * <T as candle_core::WithDType>::from_f64(0.5);
     map_rows(dr, b, |blocks, dr| {
         let mut ws = plans.workspace();
         let mut acc = vec![Complex::default(); b];
         let total = &total[blocks.start * b..blocks.end * b];
         for (dr, s) in dr.chunks_exact_mut(b).zip(total.chunks_exact(b)) {
-            // acc[k] = (s[k] + conj(s[-k])) / (2b), with s[-k] = s[b - k] for k > 0.
+            // acc[k] = (s[k] + conj(s[-k])) / (2b), with s[-k] = s[b - k] for k > 0; the
+            // real inverse reads k <= b/2 only.
             acc[0] = (s[0] + s[0].conj()) * half;
-            for ((a, s), mirror) in acc[1..].iter_mut().zip(&s[1..]).zip(s[1..].iter().rev()) {
+            for ((a, s), mirror) in acc[1..nf].iter_mut().zip(&s[1..]).zip(s[1..].iter().rev()) {
                 *a = (s + mirror.conj()) * half;
             }
-            ws.ifft(&mut acc);
-            dr.iter_mut().zip(&acc).for_each(|(v, a)| *v = a.re);
+            ws.irfft(&mut acc, dr)?;
         }
         Ok(())
     })?;
     Ok(out)
 }
 
-/// `z = rows[0] + i·rows[1]` for one or two rows of `z.len()` values (the second row is
-/// zeros when absent).
-fn pack<T: Real>(rows: &[T], z: &mut [Complex<T>]) {
+/// Spectra `z` (blocks of b values) of one or two rows (`rows` holds `z.len()` or twice as
+/// many values): the complex FFT of `row1 + i·row2` for two, the real FFT for one.
+fn transform<T: Real>(ws: &mut Workspace<'_, T>, rows: &[T], z: &mut [Complex<T>]) -> Result<()> {
     let (first, second) = rows.split_at(z.len());
     if second.is_empty() {
-        z.iter_mut()
-            .zip(first)
-            .for_each(|(z, &a)| *z = Complex::new(a, T::zero()));
-    } else {
-        for ((z, &a), &b) in z.iter_mut().zip(first).zip(second) {
-            *z = Complex::new(a, b);
-        }
+        return ws.rfft(first, z);
     }
+    for ((z, &a), &b) in z.iter_mut().zip(first).zip(second) {
+        *z = Complex::new(a, b);
+    }
+    ws.fft(z);
+    Ok(())
 }
 
-/// The inverse of [`pack`]: real parts into the first row, imaginary parts into the second
-/// (when `rows` holds two).
-fn unpack<T: Real>(z: &[Complex<T>], rows: &mut [T]) {
+/// The inverse of [`transform`] (unnormalised), clobbering `z`: real parts into the first row,
+/// imaginary parts into the second when `rows` holds two; for one row `z` must be Hermitian.
+fn inverse<T: Real>(ws: &mut Workspace<'_, T>, z: &mut [Complex<T>], rows: &mut [T]) -> Result<()> {
     let (first, second) = rows.split_at_mut(z.len());
-    first.iter_mut().zip(z).for_each(|(v, z)| *v = z.re);
-    second.iter_mut().zip(z).for_each(|(v, z)| *v = z.im);
+    if second.is_empty() {
+        return ws.irfft(z, first);
+    }
+    ws.ifft(z);
+    first.iter_mut().zip(z.iter()).for_each(|(v, z)| *v = z.re);
+    second.iter_mut().zip(z.iter()).for_each(|(v, z)| *v = z.im);
+    Ok(())
 }
 
 /// `acc = Σ_k w_k · v_k` (with `conj(w_k)` when `conj`), element-wise over frequencies.

@@ -1,7 +1,10 @@
-//! Complex FFT plans (cached per length and shared across calls and threads) and per-thread
-//! scratch. The kernels transform two real rows at once as one complex signal (see `cpu`), so
-//! only complex transforms of the block length are needed.
+//! FFT plans (cached per length and shared across calls and threads) and per-thread scratch.
+//! The kernels transform two real rows at once as one complex signal (rustfft), and a row
+//! without a partner with a real FFT (realfft) whose half spectrum is mirrored to the full one
+//! (see `cpu`).
 
+use candle_core::Result;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftNum, FftPlanner};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,10 +15,12 @@ pub(crate) enum Spectra {
     F64(Vec<Complex<f64>>),
 }
 
-/// A float type the CPU kernels run in (f32 or f64), with its process-wide FFT planner.
+/// A float type the CPU kernels run in (f32 or f64), with its process-wide FFT planners.
 pub(crate) trait Real: FftNum + Default + candle_core::WithDType {
-    /// The planner shared by every call; it caches plans per length.
+    /// The complex-FFT planner shared by every call; it caches plans per length.
     fn planner() -> &'static Mutex<FftPlanner<Self>>;
+    /// The real-FFT planner shared by every call.
+    fn real_planner() -> &'static Mutex<RealFftPlanner<Self>>;
     /// Wraps spectra of this type.
     fn wrap(spectra: Vec<Complex<Self>>) -> Spectra;
     /// The spectra, if they are of this type.
@@ -28,6 +33,10 @@ macro_rules! impl_real {
             fn planner() -> &'static Mutex<FftPlanner<$t>> {
                 static PLANNER: OnceLock<Mutex<FftPlanner<$t>>> = OnceLock::new();
                 PLANNER.get_or_init(|| Mutex::new(FftPlanner::new()))
+            }
+            fn real_planner() -> &'static Mutex<RealFftPlanner<$t>> {
+                static PLANNER: OnceLock<Mutex<RealFftPlanner<$t>>> = OnceLock::new();
+                PLANNER.get_or_init(|| Mutex::new(RealFftPlanner::new()))
             }
             fn wrap(spectra: Vec<Complex<$t>>) -> Spectra {
                 Spectra::$variant(spectra)
@@ -44,28 +53,42 @@ macro_rules! impl_real {
 impl_real!(f32, F32);
 impl_real!(f64, F64);
 
-/// Forward and inverse complex FFTs of one length.
+/// Forward and inverse complex and real FFTs of one length.
 pub(crate) struct Plans<T: Real> {
     fwd: Arc<dyn Fft<T>>,
     inv: Arc<dyn Fft<T>>,
+    real_fwd: Arc<dyn RealToComplex<T>>,
+    real_inv: Arc<dyn ComplexToReal<T>>,
 }
 
 impl<T: Real> Plans<T> {
     /// Fetches (or builds once) the plans for length `b`.
     pub fn new(b: usize) -> Self {
-        let mut planner = T::planner().lock().unwrap_or_else(|e| e.into_inner());
+        let (fwd, inv) = {
+            let mut planner = T::planner().lock().unwrap_or_else(|e| e.into_inner());
+            (planner.plan_fft_forward(b), planner.plan_fft_inverse(b))
+        };
+        let mut planner = T::real_planner().lock().unwrap_or_else(|e| e.into_inner());
         Self {
-            fwd: planner.plan_fft_forward(b),
-            inv: planner.plan_fft_inverse(b),
+            fwd,
+            inv,
+            real_fwd: planner.plan_fft_forward(b),
+            real_inv: planner.plan_fft_inverse(b),
         }
     }
 
     /// Scratch buffers for one thread.
     pub fn workspace(&self) -> Workspace<'_, T> {
-        let scratch = (self.fwd.get_inplace_scratch_len()).max(self.inv.get_inplace_scratch_len());
+        let scratch = [
+            self.fwd.get_inplace_scratch_len(),
+            self.inv.get_inplace_scratch_len(),
+            self.real_fwd.get_scratch_len(),
+            self.real_inv.get_scratch_len(),
+        ];
         Workspace {
             plans: self,
-            scratch: vec![Complex::default(); scratch],
+            real: vec![T::zero(); self.real_fwd.len()],
+            scratch: vec![Complex::default(); scratch.into_iter().max().unwrap_or(0)],
         }
     }
 }
@@ -73,6 +96,7 @@ impl<T: Real> Plans<T> {
 /// One thread's buffers; every transform reuses them, so the hot loop allocates nothing.
 pub(crate) struct Workspace<'a, T: Real> {
     plans: &'a Plans<T>,
+    real: Vec<T>,
     scratch: Vec<Complex<T>>,
 }
 
@@ -90,4 +114,52 @@ impl<T: Real> Workspace<'_, T> {
             self.plans.inv.process_with_scratch(buf, &mut self.scratch);
         }
     }
+
+    /// Full spectra (b values each, as [`Self::fft`] gives them) of the real length-b blocks of
+    /// `input`: a real FFT, then the mirror image `out[b-k] = conj(out[k])`.
+    pub fn rfft(&mut self, input: &[T], out: &mut [Complex<T>]) -> Result<()> {
+        let b = self.real.len();
+        let nf = b / 2 + 1;
+        for (block, spec) in input.chunks_exact(b).zip(out.chunks_exact_mut(b)) {
+            self.real.copy_from_slice(block);
+            let (half, rest) = spec.split_at_mut(nf);
+            self.plans
+                .real_fwd
+                .process_with_scratch(&mut self.real, half, &mut self.scratch)
+                .map_err(fft_error)?;
+            // rest[m] = spec[nf + m] = conj(spec[b - nf - m]), taken from half[1..].
+            for (v, h) in rest.iter_mut().zip(
+                half[1..]
+                    .iter()
+                    .rev()
+                    .skip(usize::from(b.is_multiple_of(2))),
+            ) {
+                *v = h.conj();
+            }
+        }
+        Ok(())
+    }
+
+    /// Real length-b blocks of `out` from Hermitian full spectra in `spec` (unnormalised
+    /// inverse; only the first b/2+1 values of each block are read, and they are clobbered).
+    pub fn irfft(&mut self, spec: &mut [Complex<T>], out: &mut [T]) -> Result<()> {
+        let b = self.real.len();
+        let nf = b / 2 + 1;
+        for (spec, block) in spec.chunks_exact_mut(b).zip(out.chunks_exact_mut(b)) {
+            // A real signal's DC and Nyquist terms are real; drop rounding residue.
+            spec[0].im = T::zero();
+            if b.is_multiple_of(2) {
+                spec[b / 2].im = T::zero();
+            }
+            self.plans
+                .real_inv
+                .process_with_scratch(&mut spec[..nf], block, &mut self.scratch)
+                .map_err(fft_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn fft_error(e: realfft::FftError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("circulant: FFT failed: {e}"))
 }
