@@ -5,7 +5,9 @@
 //! the real and imaginary parts of one inverse FFT are the two output rows. At b = 4096 this
 //! takes 55% of the time of realfft's real transforms (docs/BENCHMARKS.md), whose
 //! pre/post-processing passes cost as much as the FFTs themselves. A row without a partner (an
-//! odd last row, a block of r) gets a real FFT, mirrored to the full spectrum.
+//! odd last row, a batch of one) gets a real FFT and is processed on its half spectrum (b/2+1
+//! values, the rest of its block unused); the blocks of r get real FFTs mirrored to full
+//! spectra.
 //!
 //! With `Ẑ`, `R̂`, `Ĝ` the FFTs of the blocks of a pair of rows, of r and of the pair's upstream
 //! gradient:
@@ -71,9 +73,14 @@ pub(crate) fn forward<T: Real>(
             .zip(xs.chunks_exact_mut(in_row))
             .zip(x.chunks(2 * in_row))
         {
-            transform(&mut ws, x, zs)?;
+            let len = transform(&mut ws, x, zs)?;
             for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(in_row)) {
-                contract(rs.chunks_exact(b), zs.chunks_exact(b), acc, false);
+                contract(
+                    blocks(rs, b, len),
+                    blocks(zs, b, len),
+                    &mut acc[..len],
+                    false,
+                );
             }
             inverse(&mut ws, &mut acc, y)?;
         }
@@ -107,16 +114,24 @@ pub(crate) fn backward<T: Real>(
             .zip(xs.chunks_exact(in_row))
             .zip(g.chunks(2 * out_row))
         {
-            transform(&mut ws, g, &mut gs)?;
+            let len = transform(&mut ws, g, &mut gs)?;
             for (j, acc) in acc.chunks_exact_mut(b).enumerate() {
-                let col = rs[j * b..].chunks(b).step_by(q);
-                contract(col, gs.chunks_exact(b), acc, true);
+                let col = rs[j * b..].chunks(b).step_by(q).map(|w| &w[..len]);
+                contract(col, blocks(&gs, b, len), &mut acc[..len], true);
             }
             inverse(&mut ws, &mut acc, dx)?;
             for (s_i, g_i) in sums.chunks_exact_mut(q * b).zip(gs.chunks_exact(b)) {
                 for (s_ij, z_j) in s_i.chunks_exact_mut(b).zip(zs.chunks_exact(b)) {
-                    for ((s, z), g) in s_ij.iter_mut().zip(z_j).zip(g_i) {
+                    for ((s, z), g) in s_ij[..len].iter_mut().zip(z_j).zip(g_i) {
                         *s += z.conj() * g;
+                    }
+                    if len < b {
+                        // A lone row's product is Hermitian: its values at -k are the
+                        // conjugates of those at k (k = 1..b-len; the Nyquist bin is its own
+                        // mirror and already added).
+                        for k in 1..=b - len {
+                            s_ij[b - k] += (z_j[k].conj() * g_i[k]).conj();
+                        }
                     }
                 }
             }
@@ -153,21 +168,34 @@ pub(crate) fn backward<T: Real>(
 }
 
 /// Spectra `z` (blocks of b values) of one or two rows (`rows` holds `z.len()` or twice as
-/// many values): the complex FFT of `row1 + i·row2` for two, the real FFT for one.
-fn transform<T: Real>(ws: &mut Workspace<'_, T>, rows: &[T], z: &mut [Complex<T>]) -> Result<()> {
+/// many values): the complex FFT of `row1 + i·row2` for two, the real FFT's half spectrum for
+/// one. Returns how many values of each block are valid: b, or b/2+1 for one row.
+fn transform<T: Real>(
+    ws: &mut Workspace<'_, T>,
+    rows: &[T],
+    z: &mut [Complex<T>],
+) -> Result<usize> {
+    let b = ws.len();
     let (first, second) = rows.split_at(z.len());
     if second.is_empty() {
-        return ws.rfft(first, z);
+        ws.rfft_half(first, z)?;
+        return Ok(b / 2 + 1);
     }
     for ((z, &a), &b) in z.iter_mut().zip(first).zip(second) {
         *z = Complex::new(a, b);
     }
     ws.fft(z);
-    Ok(())
+    Ok(b)
+}
+
+/// The first `len` values of each length-b block of `v`.
+fn blocks<T: Real>(v: &[Complex<T>], b: usize, len: usize) -> impl Iterator<Item = &[Complex<T>]> {
+    v.chunks_exact(b).map(move |block| &block[..len])
 }
 
 /// The inverse of [`transform`] (unnormalised), clobbering `z`: real parts into the first row,
-/// imaginary parts into the second when `rows` holds two; for one row `z` must be Hermitian.
+/// imaginary parts into the second when `rows` holds two; for one row only the half spectrum
+/// of each block is read.
 fn inverse<T: Real>(ws: &mut Workspace<'_, T>, z: &mut [Complex<T>], rows: &mut [T]) -> Result<()> {
     let (first, second) = rows.split_at_mut(z.len());
     if second.is_empty() {

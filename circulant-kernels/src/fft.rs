@@ -101,6 +101,11 @@ pub(crate) struct Workspace<'a, T: Real> {
 }
 
 impl<T: Real> Workspace<'_, T> {
+    /// The transform length b.
+    pub fn len(&self) -> usize {
+        self.real.len()
+    }
+
     /// In-place forward FFT of every length-b block of `buf` (its length is a multiple of b).
     pub fn fft(&mut self, buf: &mut [Complex<T>]) {
         if !buf.is_empty() {
@@ -115,25 +120,33 @@ impl<T: Real> Workspace<'_, T> {
         }
     }
 
-    /// Full spectra (b values each, as [`Self::fft`] gives them) of the real length-b blocks of
-    /// `input`: a real FFT, then the mirror image `out[b-k] = conj(out[k])`.
-    pub fn rfft(&mut self, input: &[T], out: &mut [Complex<T>]) -> Result<()> {
+    /// Half spectra of the real length-b blocks of `input`: the first b/2+1 values of each
+    /// b-value block of `out` (the rest is left as it was).
+    pub fn rfft_half(&mut self, input: &[T], out: &mut [Complex<T>]) -> Result<()> {
         let b = self.real.len();
-        let nf = b / 2 + 1;
         for (block, spec) in input.chunks_exact(b).zip(out.chunks_exact_mut(b)) {
             self.real.copy_from_slice(block);
-            let (half, rest) = spec.split_at_mut(nf);
             self.plans
                 .real_fwd
-                .process_with_scratch(&mut self.real, half, &mut self.scratch)
+                .process_with_scratch(&mut self.real, &mut spec[..b / 2 + 1], &mut self.scratch)
                 .map_err(fft_error)?;
-            // rest[m] = spec[nf + m] = conj(spec[b - nf - m]), taken from half[1..].
-            for (v, h) in rest.iter_mut().zip(
-                half[1..]
-                    .iter()
-                    .rev()
-                    .skip(usize::from(b.is_multiple_of(2))),
-            ) {
+        }
+        Ok(())
+    }
+
+    /// Full spectra (b values each, as [`Self::fft`] gives them) of the real length-b blocks of
+    /// `input`: [`Self::rfft_half`], then the mirror image `out[b-k] = conj(out[k])`.
+    pub fn rfft(&mut self, input: &[T], out: &mut [Complex<T>]) -> Result<()> {
+        self.rfft_half(input, out)?;
+        let b = self.real.len();
+        for spec in out.chunks_exact_mut(b) {
+            let (half, rest) = spec.split_at_mut(b / 2 + 1);
+            // rest[m] = spec[b/2 + 1 + m] = conj(spec[b - b/2 - 1 - m]), taken from half[1..].
+            let mirror = half[1..]
+                .iter()
+                .rev()
+                .skip(usize::from(b.is_multiple_of(2)));
+            for (v, h) in rest.iter_mut().zip(mirror) {
                 *v = h.conj();
             }
         }
