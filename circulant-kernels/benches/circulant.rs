@@ -17,9 +17,16 @@ use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Median wall time of `f` in milliseconds: one warm-up, then repeats for ~`budget` (3 to 50 runs).
+/// Median wall time of `f` in milliseconds: warm-up calls for at least 0.2 s (at least one),
+/// then repeats for ~`budget` (3 to 50 runs). After other work (a long single-threaded dense
+/// backward, say) the first calls on this VM run up to 2× slower for a few hundred ms, which a
+/// single warm-up call left in the median of the cheap cases.
 fn median_ms(budget: Duration, mut f: impl FnMut()) -> f64 {
+    let warm = Instant::now();
     f();
+    while warm.elapsed() < Duration::from_millis(200) {
+        f();
+    }
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < 3 || (start.elapsed() < budget && times.len() < 50) {
