@@ -4,8 +4,8 @@
 //! ops (64k elements and more: the adds that accumulate gradients, activations) on a second,
 //! "barrier" pool of `CANDLE_NUM_THREADS` threads, by default one per core. The two pools take
 //! turns, and the idle one's spinning workers slow the busy one: on 2 cores, a circulant
-//! fwd+bwd at d = 4096, batch 128 takes 1.5–1.8 ms with both pools and 1.2 ms without
-//! candle's, and `mnist-cnn` training runs 13–23% faster (docs/BENCHMARKS.md).
+//! fwd+bwd at d = 4096, batch 128 takes 1.09–1.16 ms with both pools and 0.84–0.92 ms
+//! without candle's, and `mnist-cnn` training runs 13–23% faster (docs/BENCHMARKS.md).
 
 /// Makes candle run its element-wise CPU ops on the calling thread (`CANDLE_NUM_THREADS=1`),
 /// leaving the cores to rayon. Call it at the start of `main`, before any tensor op (candle
