@@ -122,17 +122,7 @@ pub(crate) fn backward<T: Real>(
             inverse(&mut ws, &mut acc, dx)?;
             for (s_i, g_i) in sums.chunks_exact_mut(q * b).zip(gs.chunks_exact(b)) {
                 for (s_ij, z_j) in s_i.chunks_exact_mut(b).zip(zs.chunks_exact(b)) {
-                    for ((s, z), g) in s_ij[..len].iter_mut().zip(z_j).zip(g_i) {
-                        *s += z.conj() * g;
-                    }
-                    if len < b {
-                        // A lone row's product is Hermitian: its values at -k are the
-                        // conjugates of those at k (k = 1..b-len; the Nyquist bin is its own
-                        // mirror and already added).
-                        for k in 1..=b - len {
-                            s_ij[b - k] += (z_j[k].conj() * g_i[k]).conj();
-                        }
-                    }
+                    add_cross(s_ij, z_j, g_i, len);
                 }
             }
         }
@@ -205,6 +195,19 @@ fn inverse<T: Real>(ws: &mut Workspace<'_, T>, z: &mut [Complex<T>], rows: &mut 
     first.iter_mut().zip(z.iter()).for_each(|(v, z)| *v = z.re);
     second.iter_mut().zip(z.iter()).for_each(|(v, z)| *v = z.im);
     Ok(())
+}
+
+/// `s += conj(z) · g` for one block (b values) of a pair's spectra. For a lone row (`len` =
+/// b/2+1, half spectra) the product is Hermitian: its values at -k (k = 1..b-len; the Nyquist
+/// bin is its own mirror) are added as the conjugates of those at k.
+fn add_cross<T: Real>(s: &mut [Complex<T>], z: &[Complex<T>], g: &[Complex<T>], len: usize) {
+    for ((s, z), g) in s[..len].iter_mut().zip(z).zip(g) {
+        *s += z.conj() * g;
+    }
+    let b = s.len();
+    for k in 1..=b - len {
+        s[b - k] += (z[k].conj() * g[k]).conj();
+    }
 }
 
 /// `acc = Σ_k w_k · v_k` (with `conj(w_k)` when `conj`), element-wise over frequencies.
