@@ -298,8 +298,6 @@ fn train_eval_predict_info_on_synthetic_data() {
     assert_eq!(tensors(&ckpt), before);
 }
 
-/// A run stopped by --max-steps, and a run killed with SIGKILL, each resumed, end with the same
-/// weights (bit for bit), optimizer state and metrics as an uninterrupted run.
 /// `--classifier-head dense` keeps only the last FC layer dense; a resume must keep it.
 #[test]
 fn classifier_head_overrides_the_last_fc_layer() {
@@ -341,6 +339,8 @@ fn classifier_head_overrides_the_last_fc_layer() {
     );
 }
 
+/// A run stopped by --max-steps, and a run killed with SIGKILL, each resumed, end with the same
+/// weights (bit for bit), optimizer state and metrics as an uninterrupted run.
 #[test]
 fn resume_is_exact_after_max_steps_and_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
