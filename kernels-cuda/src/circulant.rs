@@ -182,25 +182,32 @@ fn check_inputs<T: FftFloat>(x: &CudaView<'_, T>, r: &CudaView<'_, T>, d: BlockD
     check_len("r", r.len(), d.r_len()?, d)
 }
 
-/// `y` (n, p*b) from the spectra of `x` and `r`.
-fn forward_from_spectra<T: FftFloat>(
+/// [`forward`], keeping the spectra of `x` and `r` when `keep`; without it they are freed
+/// before `y` is allocated.
+fn forward_impl<T: FftFloat>(
     dev: &CudaDevice,
-    xf: &CudaSlice<T::Complex>,
-    rf: &CudaSlice<T::Complex>,
+    x: &CudaView<'_, T>,
+    r: &CudaView<'_, T>,
     d: BlockDims,
-) -> Result<CudaSlice<T>> {
-    let mut yf = contract::<T>(
-        dev,
-        Contraction::Forward,
-        xf,
-        rf,
-        d.sizes(),
-        1.0 / d.b as f64,
-    )?;
+    keep: bool,
+) -> Result<(CudaSlice<T>, Option<Spectra<T>>)> {
+    check_inputs(x, r, d)?;
+    if d.is_degenerate() {
+        return Ok((dev.alloc_zeros::<T>(d.y_len()?)?, None));
+    }
+    let xf = rfft(dev, x, d.b, d.n * d.q)?;
+    let rf = rfft(dev, r, d.b, d.p * d.q)?;
+    let scale = 1.0 / d.b as f64;
+    let mut yf = contract::<T>(dev, Contraction::Forward, &xf, &rf, d.sizes(), scale)?;
+    let spectra = keep.then(|| Spectra {
+        dims: d,
+        x: xf,
+        r: rf,
+    });
     // SAFETY: every element is written by the inverse transform.
     let mut y = unsafe { dev.alloc::<T>(d.y_len()?)? };
     irfft(dev, &mut yf, &mut y.slice_mut(..), d.b, d.n * d.p)?;
-    Ok(y)
+    Ok((y, spectra))
 }
 
 /// `y` (n, p*b) with `y[n, i*b+s] = sum_j sum_t r[i,j,(s-t) mod b] x[n, j*b+t]`, from `x`
@@ -211,13 +218,7 @@ pub fn forward<T: FftFloat>(
     r: &CudaView<'_, T>,
     d: BlockDims,
 ) -> Result<CudaSlice<T>> {
-    check_inputs(x, r, d)?;
-    if d.is_degenerate() {
-        return dev.alloc_zeros::<T>(d.y_len()?);
-    }
-    let xf = rfft(dev, x, d.b, d.n * d.q)?;
-    let rf = rfft(dev, r, d.b, d.p * d.q)?;
-    forward_from_spectra(dev, &xf, &rf, d)
+    forward_impl(dev, x, r, d, false).map(|(y, _)| y)
 }
 
 /// [`forward`], also returning the spectra of `x` and `r` for [`backward`] (`None` when a
@@ -228,21 +229,7 @@ pub fn forward_keep<T: FftFloat>(
     r: &CudaView<'_, T>,
     d: BlockDims,
 ) -> Result<(CudaSlice<T>, Option<Spectra<T>>)> {
-    check_inputs(x, r, d)?;
-    if d.is_degenerate() {
-        return Ok((dev.alloc_zeros::<T>(d.y_len()?)?, None));
-    }
-    let xf = rfft(dev, x, d.b, d.n * d.q)?;
-    let rf = rfft(dev, r, d.b, d.p * d.q)?;
-    let y = forward_from_spectra(dev, &xf, &rf, d)?;
-    Ok((
-        y,
-        Some(Spectra {
-            dims: d,
-            x: xf,
-            r: rf,
-        }),
-    ))
+    forward_impl(dev, x, r, d, true)
 }
 
 /// Gradients of [`forward`] given `g` = dL/dy (n, p*b), packed as one buffer
