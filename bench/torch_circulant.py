@@ -25,7 +25,6 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -35,43 +34,10 @@ import time
 import torch
 from torch import nn
 
-# ---------------------------------------------------------------------------
-# The op
-# ---------------------------------------------------------------------------
-
-
-class BlockCirculantLinear(nn.Module):
-    """Block-circulant projection (q*b) -> (p*b) with parameter r of shape (p, q, b)."""
-
-    def __init__(self, p: int, q: int, b: int, device=None, dtype=torch.float32):
-        super().__init__()
-        self.p, self.q, self.b = p, q, b
-        r = torch.randn(p, q, b, device=device, dtype=dtype) / math.sqrt(q * b)
-        self.r = nn.Parameter(r)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p, q, b = self.p, self.q, self.b
-        lead = x.shape[:-1]
-        if x.shape[-1] != q * b:
-            raise ValueError(f"expected last dim {q * b}, got {x.shape[-1]}")
-        if p == 1 and q == 1:
-            # Plain circulant: one spectrum, elementwise product.
-            y = torch.fft.irfft(torch.fft.rfft(self.r[0, 0]) * torch.fft.rfft(x), n=b)
-            return y
-        xf = torch.fft.rfft(x.reshape(*lead, q, b))  # (..., q, f)
-        rf = torch.fft.rfft(self.r)  # (p, q, f)
-        yf = torch.einsum("ijf,...jf->...if", rf, xf)  # (..., p, f)
-        y = torch.fft.irfft(yf, n=b)  # (..., p, b)
-        return y.reshape(*lead, p * b)
-
-
-def dense_from_r(r: torch.Tensor) -> torch.Tensor:
-    """Dense (p*b, q*b) matrix W with W[i*b+s, j*b+t] = r[i, j, (s-t) mod b] (differentiable)."""
-    p, q, b = r.shape
-    s = torch.arange(b, device=r.device)
-    idx = (s[:, None] - s[None, :]) % b  # (b, b)
-    blocks = r[:, :, idx]  # (p, q, b, b): [i, j, s, t]
-    return blocks.permute(0, 2, 1, 3).reshape(p * b, q * b)
+# The op (BlockCirculantLinear, dense_from_r) lives in bench/circulant_layers.py, shared with
+# bench/torch_train.py.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from circulant_layers import BlockCirculantLinear, dense_from_r  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
