@@ -25,10 +25,12 @@ Command line::
     python circulant_numpy.py CHECKPOINT --images a.png b.png  # PNG files (8-bit)
     python circulant_numpy.py CHECKPOINT --json --images a.png # JSON lines like `trainer predict`
 
-PNG files whose size is the model's input size are read exactly as `trainer predict` reads them
-(8-bit grey/RGB, with or without alpha; a zlib-only decoder). Other sizes need Pillow and are
-resized with a bilinear filter and centre-cropped, which approximates but does not reproduce the
-trainer's resize bit for bit.
+`trainer predict` scales an image so that its shorter side is `size / crop_pct` and takes the
+centre `size x size` crop (`crop_pct` is 1 for mnist/cifar inputs, 0.875 for alexnet's 224).
+PNG files it does not resample (28x28 / 32x32 for the small networks; 256x256 for alexnet, whose
+centre 224x224 it keeps) are read here exactly as the trainer reads them (8-bit grey/RGB, with or
+without alpha; a zlib-only decoder). Other images need Pillow and are resized with its bilinear
+filter, which approximates but does not reproduce the trainer's resize bit for bit.
 """
 
 from __future__ import annotations
@@ -649,6 +651,29 @@ def _to_channels(img: np.ndarray, c: int) -> np.ndarray:
     raise ValueError(f"cannot convert a {have}-channel image to {c} channels")
 
 
+def eval_crop_box(img_w: int, img_h: int, config: dict) -> tuple[float, float, float, float]:
+    """The source box `(x, y, width, height)` that `trainer predict`'s eval transform resizes to
+    the input size: the shorter side scaled to `size / crop_pct`, then the centre crop
+    (`crop_pct` 0.875 for inputs of 128 pixels and more, else 1.0; trainer/src/data/transform.rs).
+    """
+    inp = config["input"]
+    h, w = inp["height"], inp["width"]
+    crop_pct = 0.875 if min(h, w) >= 128 else 1.0
+    scale = max(w / (img_w * crop_pct), h / (img_h * crop_pct))
+    cw, ch = min(w / scale, img_w), min(h / scale, img_h)
+    return ((img_w - cw) / 2, (img_h - ch) / 2, cw, ch)
+
+
+def exact_image_size(config: dict) -> tuple[int, int]:
+    """`(height, width)` of the images that `trainer predict` does not resample: the input size
+    for small inputs, `size / 0.875` (256 for 224) for large ones, of which it takes the centre."""
+    inp = config["input"]
+    h, w = inp["height"], inp["width"]
+    if min(h, w) >= 128:
+        return round(h / 0.875), round(w / 0.875)
+    return h, w
+
+
 def load_image(path, config: dict) -> np.ndarray:
     """An image file as uint8 `(H, W, C)` of the model's input size (see the module doc)."""
     inp = config["input"]
@@ -657,21 +682,24 @@ def load_image(path, config: dict) -> np.ndarray:
         img = read_png(path)
     except ValueError:
         img = None
-    if img is not None and img.shape[:2] == (h, w):
-        return _to_channels(img, c)
+    if img is not None:
+        x0, y0, cw, ch = eval_crop_box(img.shape[1], img.shape[0], config)
+        if (cw, ch) == (w, h) and float(x0).is_integer() and float(y0).is_integer():
+            # Scale 1 and a whole-pixel crop: the trainer copies these pixels unchanged.
+            x0, y0 = int(x0), int(y0)
+            return _to_channels(img[y0:y0 + h, x0:x0 + w], c)
     try:
         from PIL import Image
     except ImportError:
+        eh, ew = exact_image_size(config)
         raise ValueError(
-            f"{path}: not an 8-bit PNG of {w}x{h} pixels; other images need Pillow"
+            f"{path}: not an 8-bit PNG that the trainer reads without resampling "
+            f"({ew}x{eh} pixels); other images need Pillow"
         ) from None
     im = Image.open(path)
     im = im.convert("L" if c == 1 else "RGB")
-    crop_pct = 0.875 if min(h, w) >= 128 else 1.0
-    scale = max(w / (im.width * crop_pct), h / (im.height * crop_pct))
-    cw, ch = min(w / scale, im.width), min(h / scale, im.height)
-    box = ((im.width - cw) / 2, (im.height - ch) / 2, (im.width + cw) / 2, (im.height + ch) / 2)
-    im = im.resize((w, h), Image.BILINEAR, box=box)
+    x0, y0, cw, ch = eval_crop_box(im.width, im.height, config)
+    im = im.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 

@@ -208,6 +208,25 @@ def channel_conversion_as_image_crate():
 
 
 @test
+def eval_crop_box_as_trainer():
+    small = {"input": {"channels": 1, "height": 28, "width": 28}}
+    big = {"input": {"channels": 3, "height": 224, "width": 224}}
+    eight = {"input": {"channels": 1, "height": 8, "width": 8}}
+    assert cn.eval_crop_box(28, 28, small) == (0, 0, 28, 28)
+    assert cn.exact_image_size(small) == (28, 28) and cn.exact_image_size(big) == (256, 256)
+    assert cn.eval_crop_box(256, 256, big) == (16, 16, 224, 224)
+    # transform.rs's test: a 16x8 image for an 8x8 input keeps x in 4..12.
+    assert cn.eval_crop_box(16, 8, eight) == (4, 0, 8, 8)
+    # 224x224 images are resampled (their centre 196x196 scaled up): not exact.
+    assert cn.eval_crop_box(224, 224, big)[2] == 196
+    with tempfile.TemporaryDirectory() as tmp:
+        px = rng(14).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+        cn.write_png(os.path.join(tmp, "a.png"), px)
+        got = cn.load_image(os.path.join(tmp, "a.png"), big)
+        assert np.array_equal(got, px[16:240, 16:240])
+
+
+@test
 def preprocess_matches_trainer_formula():
     cfg = {"input": {"channels": 3, "height": 2, "width": 2,
                      "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}}
@@ -430,6 +449,35 @@ def metadata_readable_as_documented():
 
 
 @test
+def format_doc_python_snippets_run():
+    # The code blocks of the section "Reading the file in Python", executed as written.
+    doc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
+                       "CHECKPOINT_FORMAT.md")
+    text = open(doc, encoding="utf-8").read()
+    section = text.split("## Reading the file in Python", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 2, f"{len(blocks)} python blocks in the section"
+    g = rng(13)
+    cfg = make_config("mlp", {"fc1": "block:48", "fc2": "circulant", "fc3": "dense"})
+    t = random_checkpoint_tensors(cfg, g)
+    with tempfile.TemporaryDirectory() as tmp:
+        f32, bf16 = os.path.join(tmp, "a.safetensors"), os.path.join(tmp, "b.safetensors")
+        write_checkpoint(f32, t, cfg, "F32", [str(i) for i in range(10)])
+        write_checkpoint(bf16, t, cfg, "BF16")
+        env = {"path": f32}
+        exec(blocks[0], env)
+        assert env["config"] == cfg and env["classes"] == [str(i) for i in range(10)]
+        assert set(env["tensors"]) == set(t)
+        assert all(np.array_equal(env["tensors"][k], v) for k, v in t.items())
+        want = cn.read_checkpoint(bf16)[0]
+        for name in ("fc1.r", "fc3.weight", "fc2.signs"):
+            env = {"path": bf16, "name": name}
+            exec(blocks[1], env)
+            assert np.array_equal(env["x"], want[name]), name
+            assert np.all(np.abs(env["x"] - t[name]) <= np.abs(t[name]) * 2.0 ** -8), name
+
+
+@test
 def cli_runs_on_npy_and_png():
     import contextlib
     import io
@@ -473,7 +521,7 @@ def compare_with_trainer(checkpoint, inputs, expected):
     for pred, px in zip(preds, pixels):
         # The PNG the trainer read holds exactly these pixels.
         if os.path.exists(pred["file"]):
-            img = cn._to_channels(cn.read_png(pred["file"]), c)
+            img = cn._to_channels(cn.load_image(pred["file"], model.config), c)
             want = px if px.ndim == 3 else px[:, :, None]
             assert np.array_equal(img, want), f"{pred['file']} does not hold the .npy pixels"
     x = cn.preprocess(pixels, model.config)
@@ -494,20 +542,26 @@ def compare_with_trainer(checkpoint, inputs, expected):
 
 
 def make_inputs(out_dir, shape, count, seed):
+    """Random images the trainer reads without resampling: PNGs of `exact_image_size` (the
+    input size, or 256x256 for 224x224 inputs) and pixels.npy with the part the model sees."""
     c, h, w = shape
+    cfg = {"input": {"channels": c, "height": h, "width": w}}
+    ph, pw = cn.exact_image_size(cfg)
+    x0, y0, cw, ch = cn.eval_crop_box(pw, ph, cfg)
+    assert (cw, ch) == (w, h) and float(x0).is_integer() and float(y0).is_integer()
     g = rng(seed)
     os.makedirs(out_dir, exist_ok=True)
     # Mid-grey blobs plus noise: images that are neither constant nor pure noise.
     base = g.integers(30, 220, size=(count, 1, 1, c))
-    noise = g.integers(-60, 61, size=(count, h, w, c))
-    yy, xx = np.mgrid[0:h, 0:w]
-    blob = (((yy - h / 2) ** 2 + (xx - w / 3) ** 2) < (min(h, w) / 4) ** 2)[None, :, :, None] * 40
-    px = np.clip(base + noise + blob, 0, 255).astype(np.uint8)
+    noise = g.integers(-60, 61, size=(count, ph, pw, c))
+    yy, xx = np.mgrid[0:ph, 0:pw]
+    blob = (((yy - ph / 2) ** 2 + (xx - pw / 3) ** 2) < (min(ph, pw) / 4) ** 2)[None, :, :, None]
+    px = np.clip(base + noise + 40 * blob, 0, 255).astype(np.uint8)
     paths = []
     for i in range(count):
         paths.append(os.path.join(out_dir, f"img{i}.png"))
         cn.write_png(paths[-1], px[i])
-    np.save(os.path.join(out_dir, "pixels.npy"), px)
+    np.save(os.path.join(out_dir, "pixels.npy"), px[:, int(y0):int(y0) + h, int(x0):int(x0) + w])
     print("\n".join(paths))
 
 
