@@ -45,6 +45,95 @@ pub fn circulant(x: &Tensor, r: &Tensor) -> Result<Tensor> {
     apply(x, &r.reshape((1, 1, n))?, dims, "circulant")
 }
 
+/// The weight of a (block-)circulant projection with its spectra computed once, for repeated
+/// inference calls with a fixed `r` (eval mode): [`WeightSpectra::apply`] then transforms only
+/// `x`. It holds a snapshot of `r`: later changes to a variable `r` are not seen.
+///
+/// CPU f32 / f64 weights keep their spectra; other weights (f16, bf16, CUDA) keep `r` and
+/// `apply` calls [`block_circulant`]. When `x` tracks gradients, `apply` also calls
+/// [`block_circulant`] (differentiable in `x`; `r` is a constant).
+#[derive(Clone)]
+pub struct WeightSpectra {
+    r: Tensor,
+    spectra: Option<std::sync::Arc<fft::Spectra>>,
+}
+
+impl std::fmt::Debug for WeightSpectra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightSpectra")
+            .field("r_shape", &self.r.dims())
+            .field("dtype", &self.r.dtype())
+            .field("precomputed", &self.spectra.is_some())
+            .finish()
+    }
+}
+
+impl WeightSpectra {
+    /// For [`block_circulant`]`(x, r)` with `r: (p, q, b)`.
+    pub fn block(r: &Tensor) -> Result<Self> {
+        let &[p, q, b] = r.dims() else {
+            bail!(
+                "block_circulant: r must have rank 3 (p, q, b), got shape {:?}",
+                r.dims()
+            )
+        };
+        Dims::new("block_circulant", &[q * b], &[p, q, b])?;
+        let r = r.detach().contiguous()?;
+        let spectra = match (r.device(), r.dtype()) {
+            (Device::Cpu, DType::F32 | DType::F64) => {
+                Some(std::sync::Arc::new(op::cpu_weight_spectra(&r)?))
+            }
+            _ => None,
+        };
+        Ok(Self { r, spectra })
+    }
+
+    /// For [`circulant`]`(x, r)` with `r: (n,)`.
+    pub fn circulant(r: &Tensor) -> Result<Self> {
+        let &[n] = r.dims() else {
+            bail!(
+                "circulant: r must have rank 1 (n,), got shape {:?}",
+                r.dims()
+            )
+        };
+        Self::block(&r.reshape((1, 1, n))?)
+    }
+
+    /// `block_circulant(x, r)`: `x: (..., q*b)` → `(..., p*b)`, same dtype as `r`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(spectra) = &self.spectra else {
+            return block_circulant(x, &self.r);
+        };
+        check_device(x.device(), self.r.device(), "block_circulant")?;
+        if x.track_op() {
+            return block_circulant(x, &self.r);
+        }
+        if x.dtype() != self.r.dtype() {
+            bail!(
+                "block_circulant: x is {:?} and r is {:?}: both must have the same dtype",
+                x.dtype(),
+                self.r.dtype()
+            )
+        }
+        let &[p, q, b] = self.r.dims() else {
+            bail!(
+                "block_circulant: internal error: r of rank {}",
+                self.r.rank()
+            )
+        };
+        Dims::new("block_circulant", x.dims(), &[p, q, b])?;
+        x.contiguous()?.apply_op1_no_bwd(&op::Precomputed {
+            r_dims: [p, q, b],
+            spectra,
+        })
+    }
+
+    /// The weight these spectra are of (`(p, q, b)`).
+    pub fn r(&self) -> &Tensor {
+        &self.r
+    }
+}
+
 fn apply(x: &Tensor, r: &Tensor, dims: Dims, op: &str) -> Result<Tensor> {
     check_device(x.device(), r.device(), op)?;
     match (x.dtype(), r.dtype()) {

@@ -4,7 +4,9 @@ use crate::cpu;
 use crate::dims::Dims;
 use crate::fft::{Real, Spectra};
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
@@ -195,6 +197,52 @@ impl CustomOp3 for Backward {
         };
         let out = crate::cuda::backward((s1, l1), (s2, l2), (s3, l3), self.dims, saved)?;
         Ok((out, Shape::from(self.dims.packed_grad_len())))
+    }
+}
+
+/// `y = block_circulant(x, r)` from spectra of `r` computed beforehand (no backward pass).
+pub(crate) struct Precomputed<'a> {
+    pub r_dims: [usize; 3],
+    pub spectra: &'a Spectra,
+}
+
+impl Precomputed<'_> {
+    fn cpu<T: Real>(&self, x: &[T], l: &Layout) -> Result<Vec<T>> {
+        let d = Dims::new("block_circulant", l.dims(), &self.r_dims)?;
+        let Some(rs) = T::unwrap(self.spectra) else {
+            bail!("block_circulant: x's dtype differs from the precomputed weight's")
+        };
+        Ok(cpu::forward(x, rs, d)?.0)
+    }
+}
+
+impl CustomOp1 for Precomputed<'_> {
+    fn name(&self) -> &'static str {
+        "block_circulant_precomputed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(self.cpu(data(s, l)?, l)?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.cpu(data(s, l)?, l)?),
+            _ => return Err(dtype_error(self.name(), &[s])),
+        };
+        let d = Dims::new("block_circulant", l.dims(), &self.r_dims)?;
+        Ok((out, d.out_shape(l.shape())))
+    }
+}
+
+/// Spectra of `r: (p, q, b)` (contiguous, CPU, f32 or f64) as [`Precomputed`] uses them.
+pub(crate) fn cpu_weight_spectra(r: &Tensor) -> Result<Spectra> {
+    let &[p, q, b] = r.dims() else {
+        bail!("block_circulant: r must have rank 3, got {:?}", r.dims())
+    };
+    let d = Dims::new("block_circulant", &[q * b], &[p, q, b])?;
+    let r = r.flatten_all()?;
+    match r.dtype() {
+        candle_core::DType::F32 => Ok(f32::wrap(cpu::weight_spectra(&r.to_vec1::<f32>()?, d)?)),
+        candle_core::DType::F64 => Ok(f64::wrap(cpu::weight_spectra(&r.to_vec1::<f64>()?, d)?)),
+        dt => bail!("block_circulant: precomputed weights must be f32 or f64, got {dt:?}"),
     }
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{DType, Tensor, Var};
-use circulant_kernels::{block_circulant, circulant};
+use circulant_kernels::{block_circulant, circulant, WeightSpectra};
 use common::{dense_apply, randn, rel_err, rng};
 
 const SIZES: [usize; 9] = [1, 2, 3, 7, 16, 100, 784, 1000, 1024];
@@ -48,6 +48,69 @@ fn forward_matches_dense_f64_and_f32() {
             }
         }
     }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn precomputed_weight_spectra_match_dense() {
+    let mut rng = rng("precomputed_weight_spectra_match_dense");
+    for b in SIZES {
+        for (p, q) in grids(b) {
+            let r = randn(&mut rng, &[p, q, b]);
+            let w = WeightSpectra::block(&r).unwrap();
+            let r32 = r.to_dtype(DType::F32).unwrap();
+            let w32 = WeightSpectra::block(&r32).unwrap();
+            for shape in batch_shapes(q * b) {
+                let x = randn(&mut rng, &shape);
+                let want = dense_apply(&x, &r).unwrap();
+                let got = w.apply(&x).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let e = rel_err(&got, &want);
+                assert!(e < 1e-10, "f64 b={b} p={p} q={q} {shape:?}: rel err {e}");
+                // f32: the same numbers as the differentiable op.
+                let x32 = x.to_dtype(DType::F32).unwrap();
+                let got32 = w32.apply(&x32).unwrap();
+                assert_eq!(bits(&got32), bits(&block_circulant(&x32, &r32).unwrap()));
+            }
+        }
+    }
+}
+
+#[test]
+fn precomputed_weight_spectra_other_cases() {
+    let mut rng = rng("precomputed_weight_spectra_other_cases");
+    let (n, b) = (100, 16);
+    let r = randn(&mut rng, &[n]);
+    let x = randn(&mut rng, &[3, n]);
+    let got = WeightSpectra::circulant(&r).unwrap().apply(&x).unwrap();
+    assert!(rel_err(&got, &circulant(&x, &r).unwrap()) < 1e-12);
+    // Half precision keeps r and computes through the op (in f32).
+    let (r16, x16) = (
+        r.to_dtype(DType::F16).unwrap(),
+        x.to_dtype(DType::F16).unwrap(),
+    );
+    let got16 = WeightSpectra::circulant(&r16).unwrap().apply(&x16).unwrap();
+    assert_eq!(got16.dtype(), DType::F16);
+    assert!(rel_err(&got16.to_dtype(DType::F64).unwrap(), &got) < 1e-2);
+    // x tracking gradients: differentiable in x.
+    let rb = randn(&mut rng, &[2, 3, b]);
+    let w = WeightSpectra::block(&rb).unwrap();
+    let xv = Var::from_tensor(&randn(&mut rng, &[4, 3 * b])).unwrap();
+    let y = w.apply(&xv).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let y2 = block_circulant(&xv, &rb).unwrap();
+    let g2 = y2.sum_all().unwrap().backward().unwrap();
+    assert!(rel_err(g.get(&xv).unwrap(), g2.get(&xv).unwrap()) < 1e-12);
+    // Errors, not panics.
+    assert!(w.apply(&randn(&mut rng, &[4, 3 * b + 1])).is_err());
+    assert!(w.apply(&xv.to_dtype(DType::F32).unwrap()).is_err());
+    assert!(WeightSpectra::block(&r).is_err());
+    assert!(WeightSpectra::circulant(&rb).is_err());
+    assert!(WeightSpectra::block(&randn(&mut rng, &[0, 1, 4])).is_err());
 }
 
 #[test]
