@@ -1,21 +1,20 @@
 //! Where a model's tensors come from while it is built: seeded init or a loaded checkpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use safetensors::tensor::SafeTensors;
-use safetensors::Dtype;
 
 use crate::error::{Error, Result};
 use crate::init::{rng_for, Init};
 
 /// Source of tensor values.
-pub(crate) enum Source<'a> {
+pub(crate) enum Source {
     /// Initialise every tensor from `rng_for(seed, name)`.
     Init { seed: u64 },
-    /// Take every tensor from a parsed safetensors file.
-    Load(&'a SafeTensors<'a>),
+    /// Take every tensor from a map of named tensors (a loaded checkpoint, a train state):
+    /// f32, f16 or bf16 on any device, converted to f32 on the model's device.
+    Tensors(HashMap<String, Tensor>),
 }
 
 /// The tensors of a built model, by kind.
@@ -28,16 +27,33 @@ pub(crate) struct Store {
     pub fixed: BTreeMap<String, Tensor>,
 }
 
-/// Creates the named tensors of a model, checking names and shapes when loading.
-pub(crate) struct Builder<'a> {
-    source: Source<'a>,
+/// The values of one tensor: drawn on the host, or taken from the source map.
+enum Values {
+    Host(Vec<f32>),
+    Tensor(Tensor),
+}
+
+/// Creates the named tensors of a model, checking names, shapes and dtypes when loading.
+pub(crate) struct Builder {
+    source: Source,
     device: Device,
     store: Store,
     used: BTreeSet<String>,
 }
 
-impl<'a> Builder<'a> {
-    pub fn new(source: Source<'a>, device: &Device) -> Self {
+/// Accepted checkpoint dtypes: F32, F16, BF16.
+pub(crate) fn check_dtype(name: &str, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => Err(Error::DTypeMismatch {
+            name: name.to_string(),
+            found: format!("{other:?}"),
+        }),
+    }
+}
+
+impl Builder {
+    pub fn new(source: Source, device: &Device) -> Self {
         Self {
             source,
             device: device.clone(),
@@ -50,46 +66,47 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn values(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
+    fn values(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Values> {
         if !self.used.insert(name.to_string()) {
             return Err(Error::InvalidConfig(format!(
                 "tensor `{name}` defined twice"
             )));
         }
-        match &self.source {
+        match &mut self.source {
             Source::Init { seed } => {
                 let len = shape.iter().product();
-                Ok(init.sample(len, &mut rng_for(*seed, name)))
+                Ok(Values::Host(init.sample(len, &mut rng_for(*seed, name))))
             }
-            Source::Load(st) => {
-                let view = st.tensor(name).map_err(|_| Error::MissingTensor {
+            Source::Tensors(map) => {
+                let t = map.remove(name).ok_or_else(|| Error::MissingTensor {
                     name: name.to_string(),
                 })?;
-                if view.dtype() != Dtype::F32 {
-                    return Err(Error::DTypeMismatch {
-                        name: name.to_string(),
-                        found: format!("{:?}", view.dtype()),
-                    });
-                }
-                if view.shape() != shape {
+                check_dtype(name, t.dtype())?;
+                if t.dims() != shape {
                     return Err(Error::ShapeMismatch {
                         name: name.to_string(),
                         expected: shape.to_vec(),
-                        found: view.shape().to_vec(),
+                        found: t.dims().to_vec(),
                     });
                 }
-                Ok(view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
+                let t = t.to_device(&self.device)?.to_dtype(DType::F32)?;
+                // Never share storage with a caller's variable.
+                Ok(Values::Tensor(t.detach()))
             }
         }
     }
 
+    fn var(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        Ok(match self.values(name, shape, init)? {
+            Values::Host(v) => Var::from_vec(v, shape, &self.device)?,
+            // `from_tensor` copies the storage of a tensor that is not a variable.
+            Values::Tensor(t) => Var::from_tensor(&t)?,
+        })
+    }
+
     /// A trainable parameter, registered in the model's `VarMap`.
     pub fn trainable(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
-        let var = Var::from_vec(self.values(name, shape, init)?, shape, &self.device)?;
+        let var = self.var(name, shape, init)?;
         self.store
             .varmap
             .data()
@@ -101,26 +118,28 @@ impl<'a> Builder<'a> {
 
     /// A non-trainable tensor updated in train mode (saved, never returned by `trainable()`).
     pub fn buffer(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
-        let var = Var::from_vec(self.values(name, shape, init)?, shape, &self.device)?;
+        let var = self.var(name, shape, init)?;
         self.store.buffers.insert(name.to_string(), var.clone());
         Ok(var)
     }
 
     /// A fixed tensor (saved, never trained).
     pub fn fixed(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        let t = Tensor::from_vec(self.values(name, shape, init)?, shape, &self.device)?;
+        let t = match self.values(name, shape, init)? {
+            Values::Host(v) => Tensor::from_vec(v, shape, &self.device)?,
+            Values::Tensor(t) => t.copy()?,
+        };
         self.store.fixed.insert(name.to_string(), t.clone());
         Ok(t)
     }
 
     /// Ends the build; when loading, rejects tensors of the file the model did not use.
     pub fn finish(self) -> Result<Store> {
-        if let Source::Load(st) = &self.source {
-            let mut names = st.names();
-            names.sort();
-            if let Some(extra) = names.into_iter().find(|n| !self.used.contains(*n)) {
+        if let Source::Tensors(map) = &self.source {
+            // Every used name was removed from the map: what is left is unexpected.
+            if let Some(extra) = map.keys().min() {
                 return Err(Error::UnexpectedTensor {
-                    name: extra.to_string(),
+                    name: extra.clone(),
                 });
             }
         }

@@ -1,15 +1,19 @@
 //! Saving and loading models as single safetensors files (layout: docs/CHECKPOINT_FORMAT.md).
+//!
+//! Tensors are converted with candle's safetensors support; files hold f32 tensors by default,
+//! or f16 / bf16 ones for half-size files ([`SaveOptions::dtype`]). Loading accepts all three
+//! and computes in f32.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::{SafeTensors, TensorView};
-use safetensors::Dtype;
+use safetensors::tensor::SafeTensors;
 
-use crate::builder::Source;
+use crate::builder::{check_dtype, Source};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -18,6 +22,10 @@ use crate::model::Model;
 pub const CONFIG_KEY: &str = "config";
 /// `__metadata__` key of the checkpoint format version.
 pub const FORMAT_KEY: &str = "format";
+/// `__metadata__` key of the class names (a JSON list of strings, optional).
+pub const CLASSES_KEY: &str = "classes";
+/// `__metadata__` key of the tensor dtype (`f32`, `f16` or `bf16`; absent means `f32`).
+pub const DTYPE_KEY: &str = "dtype";
 /// Value stored under [`FORMAT_KEY`].
 pub const FORMAT_VERSION: &str = "circulant-model/1";
 
@@ -35,44 +43,169 @@ fn st_err(path: &Path) -> impl FnOnce(safetensors::SafeTensorError) -> Error + '
     }
 }
 
-fn to_le_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let v = t
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+/// The name of a checkpoint dtype in `__metadata__["dtype"]`.
+fn dtype_name(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F16 => Ok("f16"),
+        DType::BF16 => Ok("bf16"),
+        other => Err(Error::UnsupportedDType(other)),
+    }
 }
 
-/// Serialises named f32 tensors and a config into safetensors bytes.
-pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], config: &ModelConfig) -> Result<Vec<u8>> {
-    let bytes = tensors
-        .iter()
-        .map(|(name, t)| Ok((name.clone(), t.dims().to_vec(), to_le_bytes(t)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let views = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|source| Error::SafeTensors {
-                    path: PathBuf::from(name),
-                    source,
-                })
+fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(Error::InvalidMetadata {
+            key: DTYPE_KEY.into(),
+            reason: format!("`{s}` is not one of f32, f16, bf16"),
+        }),
+    }
+}
+
+fn check_class_names(names: &[String], config: &ModelConfig) -> Result<()> {
+    if names.len() != config.num_classes {
+        return Err(Error::InvalidMetadata {
+            key: CLASSES_KEY.into(),
+            reason: format!(
+                "{} class names for a model with {} classes",
+                names.len(),
+                config.num_classes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How [`Model::save_with`] writes a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaveOptions {
+    /// Class names stored under `__metadata__["classes"]` (one per class, in class order).
+    pub class_names: Option<Vec<String>>,
+    /// Tensor dtype in the file: `F32` (default, exact), or `F16` / `BF16` for half-size files.
+    pub dtype: DType,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self {
+            class_names: None,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What a checkpoint says about itself: read from its header, without its tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointInfo {
+    pub config: ModelConfig,
+    /// Class names, when the checkpoint stores them.
+    pub class_names: Option<Vec<String>>,
+    /// Dtype of the stored tensors (`F32` for files without a `dtype` entry).
+    pub dtype: DType,
+}
+
+impl CheckpointInfo {
+    /// Reads the header of a checkpoint file (the tensor data is not read).
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::from_metadata(&read_metadata(path)?).map_err(|e| with_path(e, path))
+    }
+
+    /// Parses the `__metadata__` map of a checkpoint.
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self> {
+        let json = meta.get(CONFIG_KEY).ok_or_else(|| Error::MissingConfig {
+            path: PathBuf::from("<memory>"),
+        })?;
+        let config = ModelConfig::from_json(json)?;
+        let class_names = match meta.get(CLASSES_KEY) {
+            None => None,
+            Some(s) => {
+                let names: Vec<String> =
+                    serde_json::from_str(s).map_err(|e| Error::InvalidMetadata {
+                        key: CLASSES_KEY.into(),
+                        reason: format!("not a JSON list of strings: {e}"),
+                    })?;
+                check_class_names(&names, &config)?;
+                Some(names)
+            }
+        };
+        let dtype = match meta.get(DTYPE_KEY) {
+            None => DType::F32,
+            Some(s) => parse_dtype(s)?,
+        };
+        Ok(Self {
+            config,
+            class_names,
+            dtype,
         })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([
+    }
+
+    /// Parses the header of the bytes of a checkpoint file.
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
+        let mem = Path::new("<memory>");
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(st_err(mem))?;
+        Self::from_metadata(meta.metadata().as_ref().unwrap_or(&HashMap::new()))
+    }
+}
+
+/// Puts `path` into the errors that name a file.
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::MissingConfig { .. } => Error::MissingConfig {
+            path: path.to_path_buf(),
+        },
+        Error::SafeTensors { source, .. } => Error::SafeTensors {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => e,
+    }
+}
+
+/// Serialises named tensors and a config into safetensors bytes (f32, no class names).
+pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], config: &ModelConfig) -> Result<Vec<u8>> {
+    to_safetensors_bytes_with(tensors, config, &SaveOptions::default())
+}
+
+/// Serialises named tensors and a config into safetensors bytes, as `options` says.
+pub fn to_safetensors_bytes_with(
+    tensors: &[(String, Tensor)],
+    config: &ModelConfig,
+    options: &SaveOptions,
+) -> Result<Vec<u8>> {
+    let dtype = dtype_name(options.dtype)?;
+    let mut metadata = HashMap::from([
         (CONFIG_KEY.to_string(), config.to_json()?),
         (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
     ]);
-    safetensors::tensor::serialize(views, Some(metadata)).map_err(|source| Error::SafeTensors {
-        path: PathBuf::from("<memory>"),
-        source,
-    })
+    if options.dtype != DType::F32 {
+        metadata.insert(DTYPE_KEY.to_string(), dtype.to_string());
+    }
+    if let Some(names) = &options.class_names {
+        check_class_names(names, config)?;
+        metadata.insert(CLASSES_KEY.to_string(), serde_json::to_string(names)?);
+    }
+    // Contiguous CPU tensors of the file's dtype: candle's `View` then cannot fail.
+    let tensors = tensors
+        .iter()
+        .map(|(name, t)| {
+            let t = t
+                .to_device(&Device::Cpu)?
+                .to_dtype(options.dtype)?
+                .contiguous()?;
+            Ok((name.as_str(), t))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::tensor::serialize(tensors, Some(metadata)).map_err(st_err(Path::new("<memory>")))
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically: a temp file `.<name>.tmp-<pid>` in the same directory,
+/// fsync, rename over `path`, then a best-effort fsync of the directory.
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let path = path.as_ref();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -135,45 +268,81 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> 
     Ok(out)
 }
 
+/// The tensors of parsed safetensors bytes, on `device` in their stored dtype (f32, f16 or
+/// bf16; any other dtype is an error naming the tensor).
+fn load_tensors(st: &SafeTensors<'_>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = DType::try_from(view.dtype()).map_err(|_| Error::DTypeMismatch {
+                name: name.clone(),
+                found: format!("{:?}", view.dtype()),
+            })?;
+            check_dtype(&name, dtype)?;
+            let t = view.load(device)?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
 impl Model {
-    /// Writes one safetensors file: every tensor of [`Model::tensors`] as f32, the config JSON
-    /// under `__metadata__["config"]`. Written atomically (temp file, fsync, rename).
+    /// Writes one f32 safetensors file: every tensor of [`Model::tensors`], the config JSON
+    /// under `__metadata__["config"]`. Same as [`Model::save_with`] with default options.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let bytes = to_safetensors_bytes(&self.tensors(), self.config())?;
+        self.save_with(path, &SaveOptions::default())
+    }
+
+    /// Writes one safetensors file as `options` says (dtype, class names), atomically (temp
+    /// file, fsync, rename; see [`write_atomic`]).
+    pub fn save_with(&self, path: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
+        let bytes = to_safetensors_bytes_with(&self.tensors(), self.config(), options)?;
         write_atomic(path.as_ref(), &bytes)
     }
 
-    /// Rebuilds a model from a checkpoint file alone. Errors name the missing, misshapen or
-    /// unexpected tensor; an unknown network or a missing config is an error too.
+    /// Rebuilds a model from a checkpoint file alone (f32, f16 or bf16 tensors; the model
+    /// computes in f32). Errors name the missing, misshapen or unexpected tensor; an unknown
+    /// network or a missing config is an error too.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Ok(Self::load_with_info(path, device)?.0)
+    }
+
+    /// [`Model::load`], also returning what the checkpoint's metadata says (class names,
+    /// stored dtype).
+    pub fn load_with_info(
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<(Self, CheckpointInfo)> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        Self::from_safetensors_bytes(&bytes, device).map_err(|e| match e {
-            Error::MissingConfig { .. } => Error::MissingConfig {
-                path: path.to_path_buf(),
-            },
-            Error::SafeTensors { source, .. } => Error::SafeTensors {
-                path: path.to_path_buf(),
-                source,
-            },
-            e => e,
-        })
+        Self::from_safetensors_bytes_with_info(&bytes, device).map_err(|e| with_path(e, path))
     }
 
     /// Rebuilds a model from the bytes of a checkpoint file.
     pub fn from_safetensors_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
-        let mem = Path::new("<memory>");
-        let st = SafeTensors::deserialize(bytes).map_err(st_err(mem))?;
-        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(st_err(mem))?;
-        let json = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(CONFIG_KEY))
-            .ok_or_else(|| Error::MissingConfig {
-                path: mem.to_path_buf(),
-            })?;
-        let config = ModelConfig::from_json(json)?;
-        Model::build(config, Source::Load(&st), device)
+        Ok(Self::from_safetensors_bytes_with_info(bytes, device)?.0)
+    }
+
+    /// [`Model::from_safetensors_bytes`], also returning the checkpoint's metadata.
+    pub fn from_safetensors_bytes_with_info(
+        bytes: &[u8],
+        device: &Device,
+    ) -> Result<(Self, CheckpointInfo)> {
+        let st = SafeTensors::deserialize(bytes).map_err(st_err(Path::new("<memory>")))?;
+        let info = CheckpointInfo::from_safetensors_bytes(bytes)?;
+        let tensors = load_tensors(&st, device)?;
+        let model = Model::from_tensors(info.config.clone(), tensors, device)?;
+        Ok((model, info))
+    }
+
+    /// Builds a model from named tensors (as [`Model::tensors`] returns them; f32, f16 or bf16,
+    /// on any device), checking names and shapes as loading does. The model gets its own copy
+    /// of every tensor, in f32 on `device`.
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        Model::build(config, Source::Tensors(tensors), device)
     }
 
     /// Reads only the config of a checkpoint file (the tensor data is not read).

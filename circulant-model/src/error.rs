@@ -57,9 +57,17 @@ pub enum Error {
         found: Vec<usize>,
     },
 
-    /// A checkpoint tensor is not stored as f32.
-    #[error("tensor `{name}` has dtype {found}, expected F32")]
+    /// A checkpoint tensor is not stored as f32, f16 or bf16.
+    #[error("tensor `{name}` has dtype {found}, expected F32, F16 or BF16")]
     DTypeMismatch { name: String, found: String },
+
+    /// A checkpoint dtype other than F32, F16 or BF16 was asked for.
+    #[error("unsupported checkpoint dtype {0:?} (expected F32, F16 or BF16)")]
+    UnsupportedDType(candle_core::DType),
+
+    /// A `__metadata__` entry of the checkpoint (other than `config`) is malformed.
+    #[error("invalid checkpoint metadata `{key}`: {reason}")]
+    InvalidMetadata { key: String, reason: String },
 
     /// The checkpoint holds a tensor the model does not use.
     #[error("checkpoint has unexpected tensor `{name}` (not part of this model)")]

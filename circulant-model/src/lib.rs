@@ -5,7 +5,7 @@
 //!   [`DenseLinear`] is the baseline.
 //! - [`Model`]: `mnist-cnn`, `mlp`, `cifar-cnn` and `alexnet`, each FC layer dense or circulant
 //!   ([`Head`]), seeded initialisation, seeded dropout, safetensors checkpoints that carry their
-//!   own config.
+//!   own config ([`checkpoint`]: f32 or half-size f16/bf16 files, class names).
 
 pub mod batch_norm;
 mod builder;
@@ -23,6 +23,7 @@ pub mod pool;
 pub mod report;
 
 pub use batch_norm::BatchNorm2d;
+pub use checkpoint::{CheckpointInfo, SaveOptions};
 pub use config::{Head, InputSpec, ModelConfig, Network};
 pub use conv::Conv2dLayer;
 pub use dropout::dropout;

@@ -54,7 +54,7 @@ impl Model {
         Self::build(config, Source::Init { seed }, device)
     }
 
-    pub(crate) fn build(config: ModelConfig, source: Source<'_>, device: &Device) -> Result<Self> {
+    pub(crate) fn build(config: ModelConfig, source: Source, device: &Device) -> Result<Self> {
         config.validate()?;
         let mut b = Builder::new(source, device);
         let mut layers = Vec::new();
@@ -213,7 +213,7 @@ impl Model {
     }
 }
 
-fn build_layer(spec: &LayerSpec, config: &ModelConfig, b: &mut Builder<'_>) -> Result<Layer> {
+fn build_layer(spec: &LayerSpec, config: &ModelConfig, b: &mut Builder) -> Result<Layer> {
     Ok(match *spec {
         LayerSpec::Conv {
             name,

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
-use circulant_model::checkpoint::to_safetensors_bytes;
-use circulant_model::{Error, Head, Mode, Model, ModelConfig, Network};
+use candle_core::{DType, Device, Tensor};
+use circulant_model::checkpoint::{read_metadata, to_safetensors_bytes, write_atomic};
+use circulant_model::{
+    CheckpointInfo, Error, Head, Mode, Model, ModelConfig, Network, SaveOptions,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -257,4 +259,262 @@ fn checkpoint_layout() {
     assert_eq!(json["input"]["channels"], 1);
     assert_eq!(json["input"]["height"], 28);
     assert_eq!(json["input"]["std"][0], 1.0);
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn class_names_round_trip() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("classes");
+    let path = dir.join("m.safetensors");
+    let cfg = ModelConfig::new(Network::Mlp, Head::Circulant, 3, 1);
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    let names: Vec<String> = ["cat", "dög", "a \"quoted\" name"]
+        .map(String::from)
+        .to_vec();
+    let opts = SaveOptions {
+        class_names: Some(names.clone()),
+        ..Default::default()
+    };
+    model.save_with(&path, &opts).unwrap();
+    let info = CheckpointInfo::read(&path).unwrap();
+    assert_eq!(info.config, cfg);
+    assert_eq!(info.class_names.as_deref(), Some(names.as_slice()));
+    assert_eq!(info.dtype, DType::F32);
+    let meta = read_metadata(&path).unwrap();
+    let stored: Vec<String> = serde_json::from_str(&meta["classes"]).unwrap();
+    assert_eq!(stored, names);
+    assert!(!meta.contains_key("dtype"));
+    let (loaded, info2) = Model::load_with_info(&path, &dev).unwrap();
+    assert_eq!(info2, info);
+    let x = random_input(&cfg, 2, 3);
+    assert_eq!(
+        bits(&model.forward(&x, Mode::Eval).unwrap()),
+        bits(&loaded.forward(&x, Mode::Eval).unwrap())
+    );
+    // A list of the wrong length is refused when saving.
+    let bad = SaveOptions {
+        class_names: Some(vec!["one".into()]),
+        ..Default::default()
+    };
+    let err = model.save_with(&path, &bad).unwrap_err();
+    assert!(matches!(err, Error::InvalidMetadata { .. }), "{err}");
+    // Unsupported dtypes are refused.
+    let err = model
+        .save_with(
+            &path,
+            &SaveOptions {
+                dtype: DType::U8,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::UnsupportedDType(DType::U8)), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn old_files_without_classes_or_dtype_load() {
+    // Written as before: config and format only.
+    let dev = Device::Cpu;
+    let dir = tmp_dir("old");
+    let path = dir.join("old.safetensors");
+    let cfg = ModelConfig::new(Network::Mlp, Head::Block(64), 10, 4);
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    write(&path, &model.tensors(), &cfg);
+    let meta = read_metadata(&path).unwrap();
+    assert!(!meta.contains_key("classes") && !meta.contains_key("dtype"));
+    let info = CheckpointInfo::read(&path).unwrap();
+    assert_eq!((info.class_names, info.dtype), (None, DType::F32));
+    let loaded = Model::load(&path, &dev).unwrap();
+    let x = random_input(&cfg, 2, 1);
+    assert_eq!(
+        bits(&model.forward(&x, Mode::Eval).unwrap()),
+        bits(&loaded.forward(&x, Mode::Eval).unwrap())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn half_precision_round_trips() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("half");
+    let cfg = ModelConfig::new(Network::MnistCnn, Head::Circulant, 10, 2);
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    let f32_path = dir.join("f32.safetensors");
+    model.save(&f32_path).unwrap();
+    let f32_size = std::fs::metadata(&f32_path).unwrap().len() as f64;
+    let x = random_input(&cfg, 4, 7);
+    let want = model.forward(&x, Mode::Eval).unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    for (dtype, name, tol) in [(DType::F16, "f16", 2e-3), (DType::BF16, "bf16", 2e-2)] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let opts = SaveOptions {
+            dtype,
+            class_names: None,
+        };
+        model.save_with(&path, &opts).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len() as f64;
+        let ratio = size / f32_size;
+        assert!((0.49..0.52).contains(&ratio), "{name}: {size} / {f32_size}");
+        assert_eq!(read_metadata(&path).unwrap()["dtype"], name);
+        assert_eq!(CheckpointInfo::read(&path).unwrap().dtype, dtype);
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("fc1.r").unwrap().dtype(), dtype.into());
+        assert_eq!(st.tensor("fc1.signs").unwrap().dtype(), dtype.into());
+        // Loads as an f32 model whose outputs are close to the original's.
+        let loaded = Model::load(&path, &dev).unwrap();
+        for (n, t) in loaded.tensors() {
+            assert_eq!(t.dtype(), DType::F32, "{n}");
+        }
+        let signs = loaded.tensors().into_iter().find(|(n, _)| n == "fc1.signs");
+        let orig = model.tensors().into_iter().find(|(n, _)| n == "fc1.signs");
+        assert_eq!(
+            bits(&signs.unwrap().1),
+            bits(&orig.unwrap().1),
+            "signs exact"
+        );
+        let got = loaded.forward(&x, Mode::Eval).unwrap();
+        let err = max_abs_diff(&got, &want) / scale;
+        assert!(err < tol, "{name}: relative max error {err}");
+        // Saving the loaded model again as f32 gives an f32 file.
+        let again = dir.join(format!("{name}-again.safetensors"));
+        loaded.save(&again).unwrap();
+        assert_eq!(CheckpointInfo::read(&again).unwrap().dtype, DType::F32);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn from_tensors_rebuilds_and_validates() {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig::new(Network::Mlp, Head::Circulant, 10, 1).with_head("fc1", Head::Dense);
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    let map: HashMap<String, Tensor> = model.tensors().into_iter().collect();
+    let rebuilt = Model::from_tensors(cfg.clone(), map.clone(), &dev).unwrap();
+    let x = random_input(&cfg, 2, 2);
+    assert_eq!(
+        bits(&model.forward(&x, Mode::Eval).unwrap()),
+        bits(&rebuilt.forward(&x, Mode::Eval).unwrap())
+    );
+    // The rebuilt model owns its variables: changing the original's does not change it.
+    let (_, v) = model
+        .trainable()
+        .into_iter()
+        .find(|(n, _)| n == "fc2.r")
+        .unwrap();
+    v.set(&v.zeros_like().unwrap()).unwrap();
+    assert_ne!(
+        bits(&model.forward(&x, Mode::Eval).unwrap()),
+        bits(&rebuilt.forward(&x, Mode::Eval).unwrap())
+    );
+    // Half-precision tensors are accepted.
+    let half: HashMap<String, Tensor> = map
+        .iter()
+        .map(|(k, t)| (k.clone(), t.to_dtype(DType::BF16).unwrap()))
+        .collect();
+    Model::from_tensors(cfg.clone(), half, &dev).unwrap();
+
+    let mut missing = map.clone();
+    missing.remove("fc3.bias");
+    let err = Model::from_tensors(cfg.clone(), missing, &dev)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::MissingTensor { ref name } if name == "fc3.bias"),
+        "{err}"
+    );
+
+    let mut misshapen = map.clone();
+    misshapen.insert("fc2.r".into(), Tensor::zeros(7, DType::F32, &dev).unwrap());
+    let err = Model::from_tensors(cfg.clone(), misshapen, &dev)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::ShapeMismatch { ref name, .. } if name == "fc2.r"),
+        "{err}"
+    );
+
+    let mut extra = map.clone();
+    extra.insert(
+        "fc9.bias".into(),
+        Tensor::zeros(3, DType::F32, &dev).unwrap(),
+    );
+    let err = Model::from_tensors(cfg.clone(), extra, &dev).err().unwrap();
+    assert!(
+        matches!(err, Error::UnexpectedTensor { ref name } if name == "fc9.bias"),
+        "{err}"
+    );
+
+    let mut ints = map;
+    ints.insert(
+        "fc3.bias".into(),
+        Tensor::zeros(10, DType::I64, &dev).unwrap(),
+    );
+    let err = Model::from_tensors(cfg, ints, &dev).err().unwrap();
+    assert!(
+        matches!(err, Error::DTypeMismatch { ref name, .. } if name == "fc3.bias"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_metadata_is_an_error() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("badmeta");
+    let path = dir.join("m.safetensors");
+    let cfg = ModelConfig::new(Network::Mlp, Head::Circulant, 2, 1);
+    let tensors = Model::new(cfg.clone(), &dev).unwrap().tensors();
+    for (key, value, what) in [
+        ("classes", "[\"a\"]", "1 class names"),
+        ("classes", "{\"a\": 1}", "JSON list"),
+        ("dtype", "f8", "`f8`"),
+    ] {
+        let meta = HashMap::from([
+            ("config".to_string(), cfg.to_json().unwrap()),
+            (key.to_string(), value.to_string()),
+        ]);
+        let bytes = safetensors::tensor::serialize(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+        )
+        .unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let err = CheckpointInfo::read(&path).unwrap_err();
+        assert!(matches!(err, Error::InvalidMetadata { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(Model::load(&path, &dev).is_err());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn write_atomic_is_public() {
+    let dir = tmp_dir("write-atomic");
+    let p = dir.join("f.txt");
+    write_atomic(&p, b"one").unwrap();
+    write_atomic(&p, b"two").unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"two");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    assert!(write_atomic(dir.join("no/such/dir/f"), b"x").is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
