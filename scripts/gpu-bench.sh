@@ -5,8 +5,8 @@
 #   scripts/gpu-bench.sh [OUT]   # OUT defaults to target-gpu (ignored by git: /target-*)
 #
 # OUT/bin.tar.xz holds stripped release binaries: bench_cuda (circulant vs cuBLAS dense
-# table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_training (tests/tests/cuda_training.rs)
-# and trainer (built with --features cuda).
+# table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_kernels (kernels-cuda/tests/kernels.rs),
+# cuda_training (tests/tests/cuda_training.rs) and trainer (built with --features cuda).
 # They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
 # NVRTC, cudart) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch wheel's copies.
 # Toolkit and build cache as in scripts/check-cuda.sh (CIRCULANT_CACHE).
@@ -33,10 +33,10 @@ cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer"
 
 # Test executables: cargo prints their paths as JSON artifacts.
 cargo test --release --features cuda -p kernels-cuda -p circulant-kernels -p circulant-tests \
-  --test cuda --test cuda_training --no-run --message-format=json-render-diagnostics |
+  --test cuda --test kernels --test cuda_training --no-run --message-format=json-render-diagnostics |
   python3 -c '
 import json, shutil, sys
-names = {"cuda": "cuda_ops", "cuda_training": "cuda_training"}
+names = {"cuda": "cuda_ops", "kernels": "cuda_kernels", "cuda_training": "cuda_training"}
 found = set()
 for line in sys.stdin:
     try:

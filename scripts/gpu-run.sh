@@ -11,6 +11,8 @@
 #   SKIP_BENCH=1 ...                   # tests (and CIFAR) only
 # BENCH_TIMEOUT / TORCH_TIMEOUT (seconds, default 300 each) cap the two benchmark tables.
 #
+# The tests run with CIRCULANT_REQUIRE_CUDA=1: a test that finds no usable CUDA device fails
+# instead of skipping.
 # Results are also written under $OUT (or ./gpu-results) as markdown / logs.
 # Never put the toolkit's libcuda stub on LD_LIBRARY_PATH here: libcuda.so.1 is the driver's.
 set -uo pipefail
@@ -56,7 +58,7 @@ if [[ ! -d $BIN && -z ${1:-} && -f $PACK ]]; then
 fi
 
 status=0
-for b in cuda_ops cuda_training bench_cuda; do
+for b in cuda_ops cuda_kernels cuda_training bench_cuda; do
   if [[ ! -x $BIN/$b ]]; then
     echo "gpu-run: $BIN/$b missing: run scripts/gpu-bench.sh first and carry its folder" >&2
     exit 2
@@ -67,7 +69,8 @@ for b in cuda_ops cuda_training bench_cuda; do
   fi
 done
 
-for t in cuda_ops cuda_training; do
+export CIRCULANT_REQUIRE_CUDA=1
+for t in cuda_ops cuda_kernels cuda_training; do
   echo "== $t"
   timeout 300 "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
   if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then

@@ -18,6 +18,8 @@ mod fft;
 pub mod heap;
 mod op;
 mod parallel;
+#[doc(hidden)]
+pub mod testing;
 pub mod threads;
 
 use candle_core::{bail, DType, Device, Result, Tensor};

@@ -1,6 +1,7 @@
 //! `CirculantLinear` against a dense `Linear` whose weight is the explicitly expanded matrix.
 
 use candle_core::{Device, Module, Tensor, Var};
+use circulant_kernels::testing;
 use circulant_model::{CirculantLinear, CirculantMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,20 +16,14 @@ fn random(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// Index into the flattened `r` of weight entry `(s, t)`, built from the definitions:
-/// paper `W[s, t] = r[(s - t) mod n]`; block `W[i*b+s, j*b+t] = r[i, j, (s - t) mod b]`.
+/// Index into the flattened `r` of weight entry `(s, t)` of the `k × d` weight, from the
+/// definitions (`circulant_kernels::testing::r_index`): block `W[i*b+s, j*b+t] =
+/// r[i, j, (s - t) mod b]` with `q = ceil(d / b)` input blocks; paper `W[s, t] =
+/// r[(s - t) mod n]`, `n = max(d, k)`, is the single block of size `n`.
 fn r_index(mode: CirculantMode, d: usize, k: usize, s: usize, t: usize) -> usize {
     match mode {
-        CirculantMode::Paper => {
-            let n = d.max(k) as isize;
-            (s as isize - t as isize).rem_euclid(n) as usize
-        }
-        CirculantMode::Block(b) => {
-            let q = d.div_ceil(b);
-            let (i, j) = (s / b, t / b);
-            let m = ((s % b) as isize - (t % b) as isize).rem_euclid(b as isize) as usize;
-            (i * q + j) * b + m
-        }
+        CirculantMode::Paper => testing::r_index(1, d.max(k), s, t),
+        CirculantMode::Block(b) => testing::r_index(d.div_ceil(b), b, s, t),
     }
 }
 

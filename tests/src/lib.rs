@@ -1,1 +1,6 @@
-//! Integration tests live in `tests/`.
+//! Workspace-level tests, in `tests/` (this library is empty: cargo needs a target besides them).
+//!
+//! - `end_to_end.rs`, on the CPU: models built, trained with candle-nn's SGD, saved, loaded back
+//!   and classified through the crates' public APIs only.
+//! - `cuda_training.rs` (feature `cuda`): one training step on the GPU against the same step on
+//!   the CPU; skips without a usable device unless `CIRCULANT_REQUIRE_CUDA=1`.

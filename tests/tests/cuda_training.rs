@@ -1,29 +1,16 @@
 //! One SGD step of `mnist-cnn` with circulant heads on CUDA matches the same step on the CPU.
-//! Skips, printing why, when no CUDA device is usable.
+//! Skips, printing why, when no CUDA device is usable; fails instead when
+//! `CIRCULANT_REQUIRE_CUDA=1`.
 #![cfg(feature = "cuda")]
-
-use std::io::Write;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss, Optimizer, SGD};
+use circulant_kernels::testing::cuda_device;
 use circulant_model::{Head, Mode, Model, ModelConfig, Network};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 const BATCH: usize = 16;
-
-fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => Some(dev),
-        Err(e) => {
-            // Straight to stderr, past the test harness's capture: a skip must be visible.
-            let reason = e.to_string();
-            let reason = reason.lines().next().unwrap_or_default();
-            let _ = writeln!(std::io::stderr(), "skipping: no CUDA device: {reason}");
-            None
-        }
-    }
-}
 
 /// Deterministic pseudo-random inputs in [0, 1) and labels (a small LCG: no RNG crate here).
 fn batch() -> (Vec<f32>, Vec<u32>) {
@@ -83,7 +70,9 @@ fn max_abs(v: impl Iterator<Item = f32>) -> f32 {
 }
 
 fn check(head: Head) -> TestResult {
-    let Some(dev) = cuda() else { return Ok(()) };
+    let Some(dev) = cuda_device() else {
+        return Ok(());
+    };
     let gpu = train_step(head, &dev)?;
     let cpu = train_step(head, &Device::Cpu)?;
     assert!(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor};
+use circulant_kernels::testing::dense_index;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -22,23 +23,8 @@ pub fn randn(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// Flat indices into `r: (p, q, b)` of every entry of the dense (p*b) × (q*b) matrix:
-/// `W[i*b + s, j*b + t] = r[i, j, (s - t) mod b]`.
-pub fn dense_index(p: usize, q: usize, b: usize) -> Vec<u32> {
-    let mut idx = Vec::with_capacity(p * b * q * b);
-    for i in 0..p {
-        for s in 0..b {
-            for j in 0..q {
-                for t in 0..b {
-                    idx.push(((i * q + j) * b + (s + b - t) % b) as u32);
-                }
-            }
-        }
-    }
-    idx
-}
-
-/// The explicit dense matrix of `r: (p, q, b)`, differentiable in `r` (built by gathering).
+/// The explicit dense matrix of `r: (p, q, b)`, differentiable in `r` (gathered at
+/// [`dense_index`]: `W[i*b + s, j*b + t] = r[i, j, (s - t) mod b]`).
 pub fn dense_matrix(r: &Tensor) -> Result<Tensor> {
     let (p, q, b) = r.dims3()?;
     let idx = Tensor::from_vec(dense_index(p, q, b), p * b * q * b, r.device())?;
