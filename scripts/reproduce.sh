@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the dense vs circulant comparisons of docs/RESULTS.md with the trainer.
 #
-#   scripts/reproduce.sh quick   # MNIST mnist-cnn, dense vs circulant, 1 epoch each (~10 min on
-#                                # 2 cores once the release build exists), then a table
+#   scripts/reproduce.sh quick   # MNIST mnist-cnn, dense vs circulant, 1 epoch each, and the
+#                                # README's quick start (Fashion-MNIST, 2 epochs): ~5 min on 2
+#                                # cores once the release build exists, then a table
 #   scripts/reproduce.sh full    # every run in docs/RESULTS.md: MNIST (mnist-cnn, mlp),
 #                                # Fashion-MNIST, CIFAR-10 (cifar-cnn), with dense, circulant,
 #                                # block:64 and dense-classifier heads, then the AlexNet timings
@@ -12,7 +13,9 @@
 # MNIST is read from $MNIST_DIR (default ../shared/datasets/mnist, the four idx .gz files);
 # Fashion-MNIST from Debian's dataset-fashion-mnist package; CIFAR-10 from $CIFAR_DIR (default:
 # ../shared/datasets/cifar10-jpeg.tar.gz unpacked under $RUNS). Runs go to $RUNS (default
-# runs/repro).
+# runs/repro). With RECORD=1 each run's metrics.jsonl, curves.png and output (train.log) are
+# also copied to docs/runs/<dataset>-<network>-<head>-<variant>/ and the docs tables are
+# regenerated (scripts/docs-tables.py).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=${1:-quick}
@@ -20,9 +23,11 @@ MNIST_DIR=${MNIST_DIR:-$ROOT/../shared/datasets/mnist}
 RUNS=${RUNS:-$ROOT/runs/repro}
 export TRAINER=$ROOT/target/release/trainer
 
-# Jobs: "dataset model head epochs optimizer [extra trainer options]".
+# Jobs: "dataset model head epochs optimizer [extra trainer options]"; optimizer "default" runs
+# the trainer's default recipe, as the README's quick start does.
 case $MODE in
-  quick) JOBS=("mnist mnist-cnn dense 1 sgd" "mnist mnist-cnn circulant 1 sgd") ;;
+  quick) JOBS=("mnist mnist-cnn dense 1 sgd" "mnist mnist-cnn circulant 1 sgd"
+               "fashion-mnist mnist-cnn circulant 2 default") ;;
   full) JOBS=(
           "mnist mnist-cnn dense 5 sgd" "mnist mnist-cnn circulant 5 sgd"
           "mnist mnist-cnn dense 5 adamw" "mnist mnist-cnn circulant 5 adamw"
@@ -39,7 +44,7 @@ case $MODE in
 esac
 DEVICE=${DEVICE:-cpu}
 [ -d "$MNIST_DIR" ] || { echo "error: no MNIST files in $MNIST_DIR (set MNIST_DIR)" >&2; exit 1; }
-if [ "$MODE" = full ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   echo "error: install Fashion-MNIST first: apt-get install dataset-fashion-mnist" >&2; exit 1
 fi
 if [ "$MODE" = full ] && [ -z "${CIFAR_DIR:-}" ]; then
@@ -60,28 +65,44 @@ for job in "${JOBS[@]}"; do
   [ "$dataset" = cifar10 ] && data=(--data-dir "$CIFAR_DIR" --device "$DEVICE")
   # shellcheck disable=SC2206
   extra=(${extra:-})
-  name=$dataset-$model-${head/:/}-$optimizer-${epochs}ep
-  [[ " ${extra[*]} " == *" --classifier-head dense "* ]] && name=$name-dense-classifier
+  variant=$optimizer-${epochs}ep
+  [ "$optimizer" = default ] && variant=quickstart
+  opt=()
+  [ "$optimizer" = default ] || opt=(--optimizer "$optimizer")
+  [[ " ${extra[*]} " == *" --classifier-head dense "* ]] && variant=$variant-dense-classifier
+  name=$dataset-$model-${head/:/}-$variant
   out=$RUNS/$name
   rm -rf "$out"
   echo "==> $name -> $out"
   "$TRAINER" train --dataset "$dataset" "${data[@]}" --model "$model" --head "$head" \
-    --epochs "$epochs" --optimizer "$optimizer" "${extra[@]}" --seed 0 --out "$out" --no-progress
+    --epochs "$epochs" "${opt[@]}" "${extra[@]}" --seed 0 --out "$out" --no-progress \
+    | tee "$out.log"
+  if [ "${RECORD:-0}" = 1 ]; then
+    rec=$ROOT/docs/runs/$name
+    rm -rf "$rec" && mkdir -p "$rec"
+    cp "$out/metrics.jsonl" "$out/curves.png" "$rec/"
+    sed "s|$ROOT/||g" "$out.log" >"$rec/train.log"
+    printf '# %s\n\nRun by `scripts/reproduce.sh %s` on %s (%s, %s CPUs), trainer commit %s.\n' \
+      "$name" "$MODE" "$(date -u +%Y-%m-%d)" "$(lscpu | sed -n 's/^Model name: *//p')" \
+      "$(nproc)" "$(git -C "$ROOT" rev-parse --short HEAD)" >"$rec/README.md"
+  fi
   head="$head${extra[*]:+ (${extra[*]})}"
   rows+=("$(python3 - "$out" "$dataset" "$model" "$head, $optimizer, $epochs ep" <<'PY'
 import json, os, subprocess, sys
 out, dataset, model, head = sys.argv[1:]
-last = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][-1]
+lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+test, last = lines[-1], lines[-2]
 info = json.loads(subprocess.check_output(
     [os.environ["TRAINER"], "info", "--json", "--checkpoint", os.path.join(out, "model.safetensors")]))
-print(f"| {dataset} | {model} | {head} | {100 * (1 - last['val_acc']):.2f}% | {info['params']:,} "
+print(f"| {dataset} | {model} | {head} | {100 * (1 - test['test_acc']):.2f}% | {info['params']:,} "
       f"| {info['compression']:.1f}x | {info['file_size'] / 1e6:.2f} MB | {last['seconds']:.0f} s "
       f"| {last['images_per_sec']:.0f} |")
 PY
 )")
 done
+if [ "${RECORD:-0}" = 1 ]; then python3 "$ROOT/scripts/docs-tables.py"; fi
 echo
-echo "| dataset | model | head | test error | params | compression | checkpoint | s/epoch (last) | train img/s |"
+echo "| dataset | model | head | test error (best.safetensors) | params | compression | checkpoint | s/epoch (last) | train img/s |"
 echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 

@@ -2,11 +2,10 @@
 //!
 //! `cargo bench -p circulant-kernels --bench circulant` prints a markdown table;
 //! `-- --quick` runs only the d = 4096 rows (the headline comparison). A second table gives
-//! the ratio of the op's fwd+bwd to the FFT floor from alternating blocks of runs. The bench first calls
-//! [`circulant_kernels::heap::keep_freed_memory`], as the `trainer` does; `-- --default-heap`
-//! measures with glibc's default malloc settings instead. It also calls
-//! [`circulant_kernels::threads::serial_candle_elementwise`] (as the `trainer` does);
-//! `-- --candle-pool` keeps candle's element-wise thread pool instead.
+//! the ratio of the op's fwd+bwd to the FFT floor from alternating blocks of runs. The op is
+//! measured as a plain library call: process settings (the `trainer`'s `CANDLE_NUM_THREADS=1`,
+//! `MALLOC_TOP_PAD_=268435456` and friends) apply only when given in the environment, and the
+//! header line says which are.
 
 use candle_core::{Device, Module, Tensor, Var};
 use circulant_kernels::{block_circulant, circulant};
@@ -203,23 +202,22 @@ fn row(case: &str, d: usize, batch: usize, (fwd, fb): (f64, f64)) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let pool = if std::env::args().any(|a| a == "--candle-pool") {
-        "candle's element-wise pool kept (--candle-pool)"
-    } else if circulant_kernels::threads::serial_candle_elementwise() {
-        "candle element-wise ops on the calling thread (threads::serial_candle_elementwise)"
-    } else {
-        "CANDLE_NUM_THREADS from the environment"
-    };
-    let heap = if std::env::args().any(|a| a == "--default-heap") {
-        "glibc defaults (--default-heap)"
-    } else if circulant_kernels::heap::keep_freed_memory() {
-        "freed memory kept (heap::keep_freed_memory)"
-    } else {
-        "unchanged (not glibc, or MALLOC_* settings in the environment)"
+    let settings: Vec<String> = [
+        "CANDLE_NUM_THREADS",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+    .collect();
+    let settings = match settings.is_empty() {
+        true => "none (a plain library call)".to_string(),
+        false => settings.join(" "),
     };
     let budget = Duration::from_secs(if quick { 2 } else { 3 });
     println!(
-        "threads: {} (rayon), dtype f32, median ms, malloc: {heap}, {pool}\n",
+        "threads: {} (rayon), dtype f32, median ms, process settings: {settings}\n",
         rayon::current_num_threads()
     );
     println!("| case | d | batch | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|");

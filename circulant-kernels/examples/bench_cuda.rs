@@ -16,7 +16,8 @@
 //! also prints (to stderr) the circulant forward, loss and backward times separately.
 //! `--sync-each` synchronises after every call, as a training loop that reads its loss does.
 //! Like the trainer, the benchmark keeps freed device memory in the driver's pool
-//! (`circulant_kernels::device_memory`); `--default-pool` leaves the driver's default.
+//! (`kernels_cuda::keep_freed_memory`, as the trainer does); `--default-pool` leaves the
+//! driver's default.
 
 #[cfg(not(feature = "cuda"))]
 fn main() {
@@ -270,10 +271,8 @@ mod bench {
         let pool = if args.iter().any(|a| a == "--default-pool") {
             "the driver's default memory pool (freed memory released at each synchronisation)"
         } else {
-            match circulant_kernels::device_memory::keep_freed_device_memory(&dev)? {
-                true => "freed memory kept in the pool (device_memory::keep_freed_device_memory)",
-                false => "the driver's default memory pool (CIRCULANT_KEEP_DEVICE_MEMORY=0)",
-            }
+            kernels_cuda::keep_freed_memory(dev.as_cuda_device()?)?;
+            "freed memory kept in the pool (kernels_cuda::keep_freed_memory, as the trainer does)"
         };
         println!("fwd+bwd: backward of the loss {loss_name}; {pool}");
         if SYNC_EACH.load(Ordering::Relaxed) {

@@ -12,15 +12,12 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-pub mod device_memory;
 mod dims;
 mod fft;
-pub mod heap;
 mod op;
 mod parallel;
 #[doc(hidden)]
 pub mod testing;
-pub mod threads;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use dims::Dims;

@@ -43,8 +43,6 @@ where
 }
 
 fn main() -> Result<()> {
-    circulant_kernels::heap::keep_freed_memory();
-    circulant_kernels::threads::serial_candle_elementwise();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let net: Network = args.first().map_or("mnist-cnn", |s| s).parse()?;
     let batches: Vec<usize> = list(args.get(1), "1,256")?;

@@ -1,96 +1,117 @@
-//! Hidden `trainer bench-decode`: image-folder decode throughput of the training pipeline.
+//! `trainer bench`: training and inference throughput of a network on random data, through the
+//! same training step as `trainer train` (model, loss, backward, optimizer).
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use circulant_model::InputSpec;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use circulant_model::{Mode, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
+use serde::Serialize;
 
-use crate::cli::BenchDecodeArgs;
-use crate::data::imagefolder::{class_names, list_split, ImageFolderSource};
-use crate::data::loader::{default_workers, LoaderConfig};
-use crate::data::{epoch_order, Loader, Normalize, Shape, Source};
+use crate::cli::{BenchArgs, DatasetKind, Precision, TrainArgs};
+use crate::data::Shape;
+use crate::train::{settings, Trainer};
 
-/// Writes `n` synthetic `size`x`size` JPEGs (smooth colour fields with noise) into
-/// `dir/train/class_k/` for 10 classes, plus one per class into `dir/val/`.
-pub fn generate_jpegs(dir: &Path, n: usize, size: u32) -> Result<()> {
-    let jobs: Vec<(String, usize)> = (0..n)
-        .map(|i| ("train".to_string(), i))
-        .chain((0..10).map(|i| ("val".to_string(), i)))
-        .collect();
-    jobs.par_iter().try_for_each(|(split, i)| -> Result<()> {
-        let class = i % 10;
-        let d = dir.join(split).join(format!("class_{class}"));
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(*i as u64);
-        let (a, b, c): (f32, f32, f32) = (rng.random(), rng.random(), rng.random());
-        let img = image::RgbImage::from_fn(size, size, |x, y| {
-            let (fx, fy) = (x as f32 / size as f32, y as f32 / size as f32);
-            let n: f32 = rng.random_range(-20.0..20.0);
-            let r = 255.0 * (0.5 + 0.5 * (6.0 * a * fx + 3.0 * fy).sin()) + n;
-            let g = 255.0 * (0.5 + 0.5 * (5.0 * b * fy + class as f32).cos()) + n;
-            let bl = 255.0 * c * (fx * fy) + n;
-            image::Rgb([
-                r.clamp(0.0, 255.0) as u8,
-                g.clamp(0.0, 255.0) as u8,
-                bl.clamp(0.0, 255.0) as u8,
-            ])
-        });
-        let p = d.join(format!("img_{i:06}.jpg"));
-        img.save_with_format(&p, image::ImageFormat::Jpeg)
-            .with_context(|| format!("cannot write {}", p.display()))
-    })
+/// The `--json` line.
+#[derive(Serialize)]
+struct Report {
+    network: String,
+    head: String,
+    batch: usize,
+    device: String,
+    precision: Precision,
+    train_img_s: f64,
+    infer_img_s: f64,
 }
 
-/// `trainer bench-decode`.
-pub fn run(args: BenchDecodeArgs) -> Result<()> {
-    if let Some(n) = args.generate {
-        let t = Instant::now();
-        generate_jpegs(&args.data_dir, n, args.generate_size)?;
-        println!(
-            "wrote {n} {0}x{0} JPEGs to {1} in {2:.1}s",
-            args.generate_size,
-            args.data_dir.join("train").display(),
-            t.elapsed().as_secs_f64()
+/// Classes of the benchmarked networks: ImageNet's for AlexNet, 10 for the others.
+fn classes(network: circulant_model::Network) -> usize {
+    if network == circulant_model::Network::AlexNet {
+        1000
+    } else {
+        10
+    }
+}
+
+/// `trainer bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.precision != Precision::F32 {
+        bail!(
+            "--precision {:?} is not implemented yet: the trainer computes in f32",
+            args.precision
         );
     }
-    let train = args.data_dir.join("train");
-    let classes = class_names(&train)?;
-    let files = list_split(&train, &classes)?;
-    let input = InputSpec {
-        channels: args.channels,
-        height: args.image_size,
-        width: args.image_size,
-        mean: vec![0.45; args.channels],
-        std: vec![0.225; args.channels],
-    };
-    let shape = Shape::of(&input);
-    let norm = Normalize::new(&input)?;
-    let source: Arc<dyn Source> = Arc::new(ImageFolderSource::new(
-        files,
-        shape,
-        norm,
-        crate::data::transform::default_min_crop_scale(shape),
-    ));
-    let workers = args.workers.unwrap_or_else(default_workers);
-    let cfg = LoaderConfig::new(args.batch_size.max(1), shape.numel(), workers)?;
-    let n = source.len();
-    let order = Arc::new(epoch_order(n, 0, 0));
-    let augment = (!args.eval).then_some(1);
-    let t = Instant::now();
-    let mut count = 0usize;
-    for batch in Loader::spawn(source, order, 0, augment, &cfg) {
-        count += batch?.labels.len();
+    if args.steps == 0 || args.batch_size == 0 {
+        bail!("--steps and --batch-size must be at least 1");
     }
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "decoded {count} images to {shape} in {secs:.2}s: {:.0} images/s ({workers} decode threads, batch {}, {} transform)",
-        count as f64 / secs,
-        args.batch_size,
-        if args.eval { "eval (resize + center crop)" } else { "train (random-resized-crop + flip)" }
-    );
+    let device = crate::device::parse(&args.device)?;
+    crate::runtime::prepare_device(&device);
+    let train_args = TrainArgs {
+        dataset: Some(DatasetKind::Synthetic),
+        model: Some(args.model),
+        head: Some(args.head),
+        batch_size: Some(args.batch_size),
+        optimizer: Some(args.optimizer),
+        ..Default::default()
+    };
+    let (config, _) = settings::resolve(&train_args, None)?;
+    let mc = ModelConfig::new(args.model, args.head, classes(args.model), 0);
+    let shape = Shape::of(&mc.input);
+    let model = Model::new(mc.clone(), &device)?;
+    let mut trainer = Trainer::new(model, &config, args.steps as u64)?;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let n = args.batch_size;
+    let batch: Vec<f32> = (0..n * shape.numel())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let labels: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..mc.num_classes as u32))
+        .collect();
+
+    // Each training step reads its loss back, so the clock sees finished work.
+    for s in 0..args.warmup {
+        trainer.step(batch.clone(), &labels, s as u64)?;
+    }
+    let t = Instant::now();
+    for s in 0..args.steps {
+        trainer.step(batch.clone(), &labels, (args.warmup + s) as u64)?;
+    }
+    let train_img_s = (n * args.steps) as f64 / t.elapsed().as_secs_f64();
+
+    let x = Tensor::from_vec(batch, (n, shape.c, shape.h, shape.w), &device)?;
+    let infer = |model: &Model| -> Result<()> {
+        let y = model.forward(&x, Mode::Eval)?;
+        y.to_device(&candle_core::Device::Cpu)?;
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        infer(&trainer.model)?;
+    }
+    let t = Instant::now();
+    for _ in 0..args.steps {
+        infer(&trainer.model)?;
+    }
+    let infer_img_s = (n * args.steps) as f64 / t.elapsed().as_secs_f64();
+
+    let report = Report {
+        network: args.model.to_string(),
+        head: args.head.to_string(),
+        batch: n,
+        device: args.device.clone(),
+        precision: args.precision,
+        train_img_s,
+        infer_img_s,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} with {} heads, batch {n} on {}: training {train_img_s:.1} img/s, inference \
+             {infer_img_s:.1} img/s ({} + {} steps)",
+            report.network, report.head, report.device, args.warmup, args.steps
+        );
+    }
     Ok(())
 }

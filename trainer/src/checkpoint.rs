@@ -11,18 +11,17 @@
 //! It is self-contained, so a kill between writing it and `model.safetensors` is harmless.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+pub use circulant_model::checkpoint::write_atomic;
 use circulant_model::{Model, ModelConfig};
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::EpochRecord;
-use crate::train::TrainConfig;
+use crate::metrics::{EpochRecord, TestRecord};
+use crate::train::settings::TrainConfig;
 
 /// The latest weights, in the circulant-model format.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -30,41 +29,11 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const BEST_FILE: &str = "best.safetensors";
 /// Everything needed to resume.
 pub const STATE_FILE: &str = "train_state.safetensors";
-/// Class names, one JSON list, next to the checkpoints.
+/// Class names, one JSON list, next to the checkpoints of runs made before the checkpoints
+/// stored them (read, no longer written).
 pub const CLASSES_FILE: &str = "classes.json";
 
-const STATE_FORMAT: u32 = 1;
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
-/// then fsync of the directory. Readers see the old file or the new one, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("bad file name {}", path.display()))?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("cannot write {}: {e}", path.display());
-    }
-    Ok(())
-}
+const STATE_FORMAT: u32 = 2;
 
 /// Running sums of the current epoch's training statistics.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -90,17 +59,24 @@ pub struct TrainState {
     pub global_step: u64,
     /// Training statistics of the epoch in progress.
     pub accum: EpochAccum,
+    /// Best validation accuracy of a finished epoch (`best.safetensors` holds its weights).
     pub best_val_acc: Option<f64>,
     /// One record per finished epoch (metrics.jsonl is rewritten from it).
     pub history: Vec<EpochRecord>,
+    /// The epoch interrupted by `--max-steps`, validated where it stopped.
+    pub partial: Option<EpochRecord>,
+    /// The test result, once training has stopped.
+    pub test: Option<TestRecord>,
     pub class_names: Option<Vec<String>>,
-    /// Sizes of the train and test splits, checked on resume.
+    /// Sizes of the train, validation and test splits, checked on resume.
     pub train_len: usize,
+    pub val_len: usize,
     pub test_len: usize,
 }
 
 impl TrainState {
-    pub fn new(model: ModelConfig, config: TrainConfig, train_len: usize, test_len: usize) -> Self {
+    pub fn new(model: ModelConfig, config: TrainConfig, splits: [usize; 3]) -> Self {
+        let [train_len, val_len, test_len] = splits;
         TrainState {
             format: STATE_FORMAT,
             model,
@@ -111,42 +87,14 @@ impl TrainState {
             accum: EpochAccum::default(),
             best_val_acc: None,
             history: Vec::new(),
+            partial: None,
+            test: None,
             class_names: None,
             train_len,
+            val_len,
             test_len,
         }
     }
-}
-
-struct Raw {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-fn raw_f32(name: String, t: &Tensor) -> Result<Raw> {
-    let shape = t.dims().to_vec();
-    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(Raw {
-        name,
-        dtype: Dtype::F32,
-        shape,
-        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    })
-}
-
-fn serialize(raws: &[Raw], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-    let views: Vec<(&str, TensorView<'_>)> = raws
-        .iter()
-        .map(|r| {
-            Ok((
-                r.name.as_str(),
-                TensorView::new(r.dtype, r.shape.clone(), &r.data)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    Ok(safetensors::serialize(views, Some(metadata))?)
 }
 
 /// Writes `train_state.safetensors` into `dir` atomically.
@@ -157,21 +105,18 @@ pub fn save_state(
     optimizer_state: Vec<(String, Tensor)>,
     order: &[u32],
 ) -> Result<()> {
-    let mut raws = Vec::new();
-    for (name, t) in model.tensors() {
-        raws.push(raw_f32(format!("model.{name}"), &t)?);
-    }
-    for (name, t) in optimizer_state {
-        raws.push(raw_f32(name, &t)?);
-    }
-    raws.push(Raw {
-        name: "data.order".into(),
-        dtype: Dtype::U32,
-        shape: vec![order.len()],
-        data: order.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    });
+    let mut tensors: Vec<(String, Tensor)> = model
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (format!("model.{name}"), t))
+        .chain(optimizer_state)
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    tensors.push(("data.order".into(), Tensor::new(order, &Device::Cpu)?));
     let meta = HashMap::from([("train_state".to_string(), serde_json::to_string(state)?)]);
-    write_atomic(&dir.join(STATE_FILE), &serialize(&raws, meta)?)
+    let bytes = safetensors::serialize(tensors, Some(meta))?;
+    write_atomic(dir.join(STATE_FILE), &bytes)?;
+    Ok(())
 }
 
 /// A train state read back from disk.
@@ -180,70 +125,50 @@ pub struct LoadedState {
     /// Optimizer tensors, on the target device.
     pub optimizer: HashMap<String, Tensor>,
     /// Model tensors by name (without the `model.` prefix), on the CPU.
-    pub model_tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+    pub model_tensors: HashMap<String, Tensor>,
     pub order: Vec<u32>,
 }
 
 /// Reads `DIR/train_state.safetensors`.
 pub fn load_state(dir: &Path, device: &Device) -> Result<LoadedState> {
     let path = dir.join(STATE_FILE);
-    if !path.is_file() {
-        bail!(
-            "{} has no {STATE_FILE}: nothing to resume (it is written after each epoch and every \
-             --save-every steps)",
-            dir.display()
-        );
-    }
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
     let json = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("train_state"))
         .with_context(|| format!("{} has no train_state metadata", path.display()))?;
-    let state: TrainState = serde_json::from_str(json)
-        .with_context(|| format!("{}: unreadable train_state metadata", path.display()))?;
-    if state.format != STATE_FORMAT {
+    let format = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["format"].as_u64());
+    if format != Some(STATE_FORMAT as u64) {
         bail!(
-            "{} has train-state format {}, this trainer reads format {STATE_FORMAT}",
+            "{} has train-state format {}, this trainer reads format {STATE_FORMAT} (format 1 \
+             runs chose their best epoch on the test split); its model.safetensors still loads, \
+             but the run cannot be resumed: start a new one",
             path.display(),
-            state.format
+            format.map_or("unknown".into(), |f| f.to_string())
         );
     }
-    let mut optimizer = HashMap::new();
-    let mut model_tensors = Vec::new();
-    let mut order = None;
-    for (name, view) in st.tensors() {
+    let state: TrainState = serde_json::from_str(json)
+        .with_context(|| format!("{}: unreadable train_state metadata", path.display()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    let (mut optimizer, mut model_tensors, mut order) = (HashMap::new(), HashMap::new(), None);
+    for (name, t) in tensors {
         if name == "data.order" {
-            if view.dtype() != Dtype::U32 {
-                bail!("{}: data.order is not u32", path.display());
-            }
             order = Some(
-                view.data()
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
+                t.to_vec1::<u32>()
+                    .with_context(|| format!("{}: data.order is not u32", path.display()))?,
             );
-            continue;
-        }
-        if view.dtype() != Dtype::F32 {
+        } else if t.dtype() != DType::F32 {
             bail!("{}: tensor {name} is not f32", path.display());
-        }
-        if let Some(model_name) = name.strip_prefix("model.") {
-            model_tensors.push((
-                model_name.to_string(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            ));
+        } else if let Some(model_name) = name.strip_prefix("model.") {
+            model_tensors.insert(model_name.to_string(), t);
         } else {
-            let v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            optimizer.insert(name, Tensor::from_vec(v, view.shape(), device)?);
+            optimizer.insert(name, t.to_device(device)?);
         }
     }
     let order = order.with_context(|| format!("{} has no data.order", path.display()))?;
@@ -255,51 +180,21 @@ pub fn load_state(dir: &Path, device: &Device) -> Result<LoadedState> {
     })
 }
 
-/// Rebuilds the model saved in a train state (the model crate validates names and shapes as
-/// for any checkpoint).
+/// Rebuilds the model saved in a train state (names and shapes checked as for any checkpoint).
 pub fn model_from_state(loaded: &LoadedState, device: &Device) -> Result<Model> {
-    let raws: Vec<Raw> = loaded
-        .model_tensors
-        .iter()
-        .map(|(n, s, d)| Raw {
-            name: n.clone(),
-            dtype: Dtype::F32,
-            shape: s.clone(),
-            data: d.clone(),
-        })
-        .collect();
-    let meta = HashMap::from([(
-        "config".to_string(),
-        serde_json::to_string(&loaded.state.model)?,
-    )]);
-    Model::from_safetensors_bytes(&serialize(&raws, meta)?, device)
-        .context("cannot rebuild the model saved in the train state")
+    Model::from_tensors(
+        loaded.state.model.clone(),
+        loaded.model_tensors.clone(),
+        device,
+    )
+    .context("cannot rebuild the model saved in the train state")
 }
 
-/// Reads the class names stored next to a checkpoint, if any.
-pub fn class_names_near(checkpoint: &Path) -> Option<Vec<String>> {
-    let dir = checkpoint.parent()?;
-    let s = std::fs::read_to_string(dir.join(CLASSES_FILE)).ok()?;
-    serde_json::from_str(&s).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_replaces_and_cleans_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f.bin");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
-        let bad = dir.path().join("missing-dir").join("f.bin");
-        assert!(write_atomic(&bad, b"x")
-            .unwrap_err()
-            .to_string()
-            .contains("cannot write"));
-    }
+/// The class names of a checkpoint: from its metadata, or, for files written before they were
+/// stored there, from the `classes.json` beside it.
+pub fn class_names(checkpoint: &Path, stored: Option<Vec<String>>) -> Option<Vec<String>> {
+    stored.or_else(|| {
+        let s = std::fs::read_to_string(checkpoint.parent()?.join(CLASSES_FILE)).ok()?;
+        serde_json::from_str(&s).ok()
+    })
 }

@@ -3,17 +3,20 @@
 use std::path::PathBuf;
 
 use circulant_model::{Head, Network};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+use crate::train::settings::{ValSplit, DEFAULTS};
 
 /// Process settings the trainer makes at start, and how to override them.
 const ENVIRONMENT: &str = "\
-Environment:
-  RAYON_NUM_THREADS             CPU threads of the circulant layers (decoding: --workers)
-  CANDLE_NUM_THREADS            candle's own element-wise threads (the trainer sets 1: one
-                                thread pool instead of two taking turns)
+Environment (the trainer's settings at start; set a variable to override it):
+  RAYON_NUM_THREADS             CPU threads of the layers [default: available cores]
+                                (image decoding: --workers)
+  CANDLE_NUM_THREADS            threads of candle's element-wise ops [default: 1, one thread
+                                pool instead of two taking turns]
   MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_
-                                glibc settings; by default the trainer keeps freed memory
+                                glibc heap settings; by default the trainer keeps freed memory
                                 mapped (faster steps, up to ~1 GiB held)
   CIRCULANT_KEEP_DEVICE_MEMORY  0: leave the CUDA memory pool's default (freed GPU memory
                                 released at every step) instead of keeping it";
@@ -43,9 +46,29 @@ pub enum Command {
     Predict(PredictArgs),
     /// Network, heads, parameters per layer and compression of a checkpoint.
     Info(InfoArgs),
+    /// Copy a checkpoint with its weights stored as f16 or bf16 (half the size) or f32.
+    Export(ExportArgs),
+    /// Training and inference images/s of a network on random data (the training step of
+    /// `train`).
+    Bench(BenchArgs),
     /// Measure image-folder decode throughput (images/s) of the training pipeline.
     #[command(hide = true)]
     BenchDecode(BenchDecodeArgs),
+}
+
+/// Parses the command line; `train --help` shows the defaults of [`DEFAULTS`].
+pub fn parse() -> Cli {
+    let cmd = Cli::command().mut_subcommand("train", |mut train| {
+        for (id, default) in DEFAULTS {
+            train = train.mut_arg(*id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {default}]"))
+            });
+        }
+        train
+    });
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// A dataset the trainer can read.
@@ -58,7 +81,8 @@ pub enum DatasetKind {
     FashionMnist,
     /// CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin) or an image folder.
     Cifar10,
-    /// ImageNet layout: DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg (or test/).
+    /// DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg; without test/, DIR/val/ is the test
+    /// split (ImageNet's layout). Validation images come out of train/ (--val-split).
     Imagefolder,
     /// Generated, learnable data for smoke tests (no files needed).
     Synthetic,
@@ -107,8 +131,9 @@ fn parse_head(s: &str) -> Result<Head, String> {
     s.parse::<Head>().map_err(|e| e.to_string())
 }
 
-/// Options of `trainer train`. Options shown without a clap default take the default given in
-/// their help text, or, with --resume, the value stored in the run being resumed.
+/// Options of `trainer train`. An option not given takes its default (see
+/// `crate::train::settings::DEFAULTS`, which `--help` shows), or, with --resume, the value
+/// stored in the run being resumed.
 #[derive(Args, Debug, Default, Clone)]
 pub struct TrainArgs {
     /// Dataset to train on [required unless --resume]
@@ -120,57 +145,62 @@ pub struct TrainArgs {
     /// Network: mnist-cnn, mlp, cifar-cnn, alexnet [required unless --resume]
     #[arg(long, value_parser = parse_network, value_name = "NETWORK")]
     pub model: Option<Network>,
-    /// Fully-connected head: dense, circulant, block:<b> [default: circulant]
+    /// Fully-connected head: dense, circulant, block:<b>
     #[arg(long, value_parser = parse_head, value_name = "HEAD")]
     pub head: Option<Head>,
-    /// Head of the last FC layer, the classifier [default: same as --head]. `--head circulant
+    /// Head of the last FC layer, the classifier. `--head circulant
     /// --classifier-head dense` keeps the classifier dense, as the paper does for AlexNet's fc8
     #[arg(long, value_parser = parse_head, value_name = "HEAD")]
     pub classifier_head: Option<Head>,
-    /// Number of epochs [default: 10]
+    /// Number of epochs
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Mini-batch size [default: 64]
+    /// Training images held out for validation (best.safetensors is chosen on them): a count
+    /// (5000) or a fraction (0.1, 10%), drawn at random from the seed; 0 trains on every image and
+    /// chooses no best
+    #[arg(long, value_name = "N|FRACTION")]
+    pub val_split: Option<ValSplit>,
+    /// Mini-batch size
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Optimizer [default: sgd]
+    /// Optimizer
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
-    /// Peak learning rate [default: 0.05 for sgd, 0.001 for adamw]
+    /// Peak learning rate
     #[arg(long)]
     pub lr: Option<f64>,
-    /// SGD momentum (0 disables it) [default: 0.9]
+    /// SGD momentum (0 disables it)
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// Use Nesterov momentum with SGD [default: off]
+    /// Use Nesterov momentum with SGD
     #[arg(long)]
     pub nesterov: bool,
-    /// Weight decay: L2 for sgd, decoupled for adamw [default: 0 for sgd, 0.01 for adamw]
+    /// Weight decay: L2 for sgd, decoupled for adamw
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Learning-rate schedule after warmup [default: cosine]
+    /// Learning-rate schedule after warmup
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleKind>,
-    /// Step schedule: epochs between decays [default: 30]
+    /// Step schedule: epochs between decays
     #[arg(long)]
     pub step_epochs: Option<usize>,
-    /// Step schedule: decay factor [default: 0.1]
+    /// Step schedule: decay factor
     #[arg(long)]
     pub gamma: Option<f64>,
-    /// Linear warmup length in optimizer steps [default: 0]
+    /// Linear warmup length in optimizer steps
     #[arg(long, value_name = "STEPS")]
     pub warmup: Option<u64>,
-    /// Device: cpu, cuda or cuda:N [default: cpu]
+    /// Device: cpu, cuda or cuda:N
     #[arg(long)]
     pub device: Option<String>,
-    /// Seed for weights, data order, dropout and augmentation [default: 0]
+    /// Seed for weights, data order, dropout and augmentation
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Output directory for checkpoints and metrics [default: runs/<dataset>-<model>-<head>,
-    /// or the --resume directory]
+    /// Output directory for checkpoints and metrics (it must not hold a run already)
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run whose train_state.safetensors is in DIR
+    /// Continue the run whose train_state.safetensors is in DIR, in DIR. A run that already
+    /// trained its --epochs (or --max-steps) and was tested is left as it is
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Stop after N optimizer steps in total (for smoke runs); the schedule still spans --epochs
@@ -179,24 +209,27 @@ pub struct TrainArgs {
     /// Also checkpoint every N optimizer steps (checkpoints are always written after each epoch)
     #[arg(long, value_name = "N")]
     pub save_every: Option<u64>,
-    /// Image side for imagefolder / cifar10 image folders [default: the network's input size]
+    /// Image side for imagefolder / cifar10 image folders
     #[arg(long, value_name = "PIXELS")]
     pub image_size: Option<usize>,
-    /// Smallest crop area fraction for random-resized-crop [default: 0.08, or 0.35 below 128 px]
+    /// Smallest crop area fraction for random-resized-crop
     #[arg(long)]
     pub min_crop_scale: Option<f64>,
-    /// Image decode threads [default: number of CPUs]
+    /// Image decode threads
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Synthetic dataset: training images [default: 512]
+    /// Synthetic dataset: training images
     #[arg(long)]
     pub synthetic_train: Option<usize>,
-    /// Synthetic dataset: test images [default: 256]
+    /// Synthetic dataset: test images
     #[arg(long)]
     pub synthetic_test: Option<usize>,
-    /// Synthetic dataset: number of classes [default: 10]
+    /// Synthetic dataset: number of classes
     #[arg(long)]
     pub synthetic_classes: Option<usize>,
+    /// Write a line of training metrics to metrics-steps.jsonl every N steps (0: never)
+    #[arg(long, value_name = "N")]
+    pub log_every: Option<u64>,
     /// Do not draw progress bars (they are also hidden when stderr is not a terminal)
     #[arg(long)]
     pub no_progress: bool,
@@ -243,11 +276,16 @@ pub struct PredictArgs {
     /// Device: cpu, cuda or cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Print one JSON object per image: {"file", "class", "probabilities"}
+    /// Print one JSON object per image: {"file", "class", "label", "probabilities", "top"}
     #[arg(long)]
     pub json: bool,
-    /// PNG or JPEG images
-    #[arg(required = true, value_name = "IMAGE")]
+    /// Show the K most probable classes of each image
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub top_k: usize,
+    /// PNG or JPEG images, or directories (every PNG/JPEG inside, sorted by name). Images are
+    /// fitted to the network's input: resized (shorter side to the input size, centre crop) and
+    /// converted to grey or RGB as it expects; the first image that needed it is reported once
+    #[arg(required = true, value_name = "IMAGE|DIR")]
     pub images: Vec<PathBuf>,
 }
 
@@ -258,6 +296,73 @@ pub struct InfoArgs {
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
     /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `export` stores the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoredDtype {
+    /// 32-bit floats (exact).
+    F32,
+    /// IEEE half precision: half the size, ~3 significant digits.
+    F16,
+    /// bfloat16: half the size, f32's range, ~2 significant digits.
+    Bf16,
+}
+
+/// Options of `trainer export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Checkpoint to read
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Storage dtype of the copy. Loading converts back to f32: inference computes in f32
+    #[arg(long, value_enum)]
+    pub dtype: StoredDtype,
+    /// File to write
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// Numeric precision of a benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 mixed precision (not implemented yet).
+    Bf16,
+}
+
+/// Options of `trainer bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Network: mnist-cnn, mlp, cifar-cnn, alexnet
+    #[arg(long, value_parser = parse_network, value_name = "NETWORK")]
+    pub model: Network,
+    /// Fully-connected head: dense, circulant, block:<b>
+    #[arg(long, value_parser = parse_head, value_name = "HEAD", default_value = "circulant")]
+    pub head: Head,
+    /// Mini-batch size
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps (training steps, then inference batches)
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed steps before each measurement
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Optimizer of the training step
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optimizer: OptimizerKind,
+    /// Device: cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
+    /// Print {"network","head","batch","device","precision","train_img_s","infer_img_s"}
     #[arg(long)]
     pub json: bool,
 }

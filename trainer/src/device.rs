@@ -23,13 +23,7 @@ pub fn parse(spec: &str) -> Result<Device> {
              `cargo build --release -p trainer --features cuda`, or use --device cpu"
         );
     }
-    let device = Device::new_cuda(ordinal).with_context(|| {
+    Device::new_cuda(ordinal).with_context(|| {
         format!("cannot open CUDA device {ordinal} (is the driver loaded and the GPU visible?)")
-    })?;
-    // Every step synchronises (to read the loss); keep the freed device memory for the next
-    // step instead of mapping it again (see circulant_kernels::device_memory).
-    if let Err(e) = circulant_kernels::device_memory::keep_freed_device_memory(&device) {
-        eprintln!("warning: {e}; training goes on with the driver's default memory pool");
-    }
-    Ok(device)
+    })
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
+use circulant_model::checkpoint::CheckpointInfo;
 use circulant_model::{Mode, Model};
 use serde::Serialize;
 
@@ -62,21 +63,27 @@ pub fn host_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
 
-/// Evaluates `model` on every sample of `source`, in order.
+/// Evaluates `model` on every sample of `source`, in order, behind a progress bar named
+/// `label` that shows the running loss and accuracy (hidden unless `show_progress`).
 pub fn evaluate(
     model: &Model,
     source: Arc<dyn Source>,
     cfg: &LoaderConfig,
-    shape: Shape,
-    num_classes: usize,
-    bar: Option<&indicatif::ProgressBar>,
+    label: &str,
+    show_progress: bool,
 ) -> Result<EvalResult> {
     let n = source.len();
     if n == 0 {
-        bail!("the evaluation split is empty");
+        bail!("the {label} split is empty");
     }
+    let shape = Shape::of(&model.config().input);
+    let bar = crate::progress::bar(
+        n.div_ceil(cfg.batch_size) as u64,
+        label.to_string(),
+        show_progress,
+    );
     let order = Arc::new((0..n as u32).collect::<Vec<u32>>());
-    let (mut loss, mut top1, mut top5) = (0.0, 0, 0);
+    let (mut loss, mut top1, mut top5, mut seen) = (0.0, 0, 0, 0);
     for batch in Loader::spawn(source, order, 0, None, cfg) {
         let batch = batch?;
         let b = batch.labels.len();
@@ -86,22 +93,27 @@ pub fn evaluate(
         loss += l;
         top1 += t1;
         top5 += t5;
-        if let Some(bar) = bar {
-            bar.inc(1);
-        }
+        seen += b;
+        bar.inc(1);
+        bar.set_message(format!(
+            "loss {:.4} acc {:.2}%",
+            loss / seen as f64,
+            100.0 * top1 as f64 / seen as f64
+        ));
     }
+    bar.finish_and_clear();
     Ok(EvalResult {
         accuracy: top1 as f64 / n as f64,
         loss: loss / n as f64,
         samples: n,
-        top5: (num_classes > 10).then(|| top5 as f64 / n as f64),
+        top5: (model.config().num_classes > 10).then(|| top5 as f64 / n as f64),
     })
 }
 
 /// `trainer eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = crate::device::parse(&args.device)?;
-    let config = read_config(&args.checkpoint)?;
+    let config = read_info(&args.checkpoint)?.config;
     let opts = DataOptions {
         kind: args.dataset,
         data_dir: args.data_dir.clone(),
@@ -116,28 +128,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let dataset = data::open(&opts)?;
     if dataset.num_classes != config.num_classes {
         bail!(
-            "{} was trained for {} classes but {} has {}; evaluate it on the dataset it was trained on",
+            "{} was trained for {} classes but {} has {}; evaluate it on the dataset it was \
+             trained on (`trainer info --checkpoint {0}` shows the network and its input)",
             args.checkpoint.display(),
             config.num_classes,
             args.dataset,
             dataset.num_classes
         );
     }
-    let model = load_model(&args.checkpoint, &device)?;
+    let (model, _) = load_model(&args.checkpoint, &device)?;
     let shape = Shape::of(&config.input);
     let workers = args.workers.unwrap_or_else(default_workers);
     let cfg = LoaderConfig::new(args.batch_size.max(1), shape.numel(), workers)?;
-    let batches = dataset.test.len().div_ceil(args.batch_size.max(1)) as u64;
-    let bar = crate::progress::bar(batches, "evaluate".into(), !args.json);
-    let r = evaluate(
-        &model,
-        dataset.test.clone(),
-        &cfg,
-        shape,
-        config.num_classes,
-        Some(&bar),
-    )?;
-    bar.finish_and_clear();
+    let r = evaluate(&model, dataset.test.clone(), &cfg, "test", !args.json)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -146,7 +149,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .map(|t| format!(", top-5 {:.2}%", 100.0 * t))
             .unwrap_or_default();
         println!(
-            "{}: test accuracy {:.2}%{top5}, loss {:.4} on {} images ({})",
+            "{}: test accuracy {:.2}%{top5}, loss {:.4} on the {} test images of {}",
             args.checkpoint.display(),
             100.0 * r.accuracy,
             r.loss,
@@ -157,12 +160,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads a checkpoint's configuration with a clear error.
-pub fn read_config(path: &Path) -> Result<circulant_model::ModelConfig> {
+/// Reads what a checkpoint says about itself (config, class names, dtype), with a clear error.
+pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
     if !path.is_file() {
         bail!("checkpoint {} does not exist", path.display());
     }
-    Model::read_config(path).with_context(|| {
+    CheckpointInfo::read(path).with_context(|| {
         format!(
             "{} is not a circulant-model checkpoint (model.safetensors / best.safetensors)",
             path.display()
@@ -171,8 +174,10 @@ pub fn read_config(path: &Path) -> Result<circulant_model::ModelConfig> {
 }
 
 /// Loads a checkpoint with a clear error.
-pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<Model> {
-    Model::load(path, device).with_context(|| format!("cannot load checkpoint {}", path.display()))
+pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<(Model, CheckpointInfo)> {
+    read_info(path)?;
+    Model::load_with_info(path, device)
+        .with_context(|| format!("cannot load checkpoint {}", path.display()))
 }
 
 #[cfg(test)]

@@ -5,28 +5,13 @@ use candle_core::Device;
 use serde_json::json;
 
 use crate::cli::InfoArgs;
-use crate::eval::{load_model, read_config};
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+use crate::eval::load_model;
 
 /// `trainer info`.
 pub fn run(args: InfoArgs) -> Result<()> {
     let path = &args.checkpoint;
-    let config = read_config(path)?;
-    let model = load_model(path, &Device::Cpu)?;
+    let (model, info) = load_model(path, &Device::Cpu)?;
+    let config = info.config;
     let size = std::fs::metadata(path)
         .with_context(|| format!("cannot stat {}", path.display()))?
         .len();
@@ -47,6 +32,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "network": config.network,
             "heads": config.heads,
             "num_classes": config.num_classes,
+            "class_names": info.class_names,
+            "dtype": format!("{:?}", info.dtype).to_lowercase(),
             "input": input,
             "seed": config.seed,
             "sign_flip": config.sign_flip,
@@ -63,10 +50,20 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .iter()
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
-    println!("checkpoint   {} ({})", path.display(), human_bytes(size));
+    println!(
+        "checkpoint   {} ({})",
+        path.display(),
+        indicatif::HumanBytes(size)
+    );
     println!("network      {}", config.network);
     println!("heads        {}", heads.join(", "));
-    println!("classes      {}", config.num_classes);
+    let names = match &info.class_names {
+        Some(n) if n.len() <= 12 => format!(" ({})", n.join(", ")),
+        Some(n) => format!(" ({}, ..., {})", n[..3].join(", "), n[n.len() - 1]),
+        None => String::new(),
+    };
+    println!("classes      {}{names}", config.num_classes);
+    println!("stored as    {:?}", info.dtype);
     println!(
         "input        {}x{}x{}, mean {:?}, std {:?}",
         input.channels, input.height, input.width, input.mean, input.std

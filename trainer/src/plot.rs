@@ -122,8 +122,8 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     ((lo - pad).max(0.0), hi + pad)
 }
 
-/// Draws loss and accuracy curves of `history` into `path` (PNG).
-pub fn draw(path: &Path, history: &[EpochRecord]) -> Result<()> {
+/// Draws loss and accuracy curves of `history` into `path` (PNG), under `title`.
+pub fn draw(path: &Path, title: &str, history: &[EpochRecord]) -> Result<()> {
     let text = font_available();
     let (w, h) = SIZE;
     let mut buf = vec![255u8; (w * h * 3) as usize];
@@ -131,16 +131,33 @@ pub fn draw(path: &Path, history: &[EpochRecord]) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
         root.fill(&WHITE)
             .map_err(|e| anyhow!("drawing curves: {e}"))?;
+        let root = if text {
+            root.titled(title, (FONT, 22))
+                .map_err(|e| anyhow!("drawing curves: {e}"))?
+        } else {
+            root
+        };
         let (left, right) = root.split_horizontally(w / 2);
         let x_max = history.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
-        let pts = |f: fn(&EpochRecord) -> f64| -> Vec<(f64, f64)> {
-            history.iter().map(|r| (r.epoch as f64, f(r))).collect()
+        // A partial epoch sits at the fraction of the epoch it reached.
+        let x = |r: &EpochRecord| match (r.partial, history.iter().find(|h| !h.partial)) {
+            (true, Some(full)) if full.epoch > 0 => {
+                let per_epoch = full.step as f64 / full.epoch as f64;
+                r.step as f64 / per_epoch.max(1.0)
+            }
+            _ => r.epoch as f64,
+        };
+        let pts = |f: fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+            history
+                .iter()
+                .filter_map(|r| f(r).map(|v| (x(r), v)))
+                .collect()
         };
         let blue = RGBColor(31, 119, 180);
         let orange = RGBColor(255, 127, 14);
         let loss = [
-            ("train loss", blue, pts(|r| r.train_loss)),
-            ("val loss", orange, pts(|r| r.val_loss)),
+            ("train loss", blue, pts(|r| Some(r.train_loss))),
+            ("validation loss", orange, pts(|r| r.val_loss)),
         ];
         let loss_range = range(loss.iter().flat_map(|s| s.2.iter().map(|p| p.1)));
         panel(
@@ -153,8 +170,8 @@ pub fn draw(path: &Path, history: &[EpochRecord]) -> Result<()> {
             SeriesLabelPosition::UpperRight,
         )?;
         let acc = [
-            ("train acc", blue, pts(|r| r.train_acc)),
-            ("val acc", orange, pts(|r| r.val_acc)),
+            ("train accuracy", blue, pts(|r| Some(r.train_acc))),
+            ("validation accuracy", orange, pts(|r| r.val_acc)),
         ];
         let (lo, _) = range(acc.iter().flat_map(|s| s.2.iter().map(|p| p.1)));
         panel(
@@ -172,7 +189,8 @@ pub fn draw(path: &Path, history: &[EpochRecord]) -> Result<()> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .context("cannot encode curves.png")?;
-    crate::checkpoint::write_atomic(path, &png)
+    crate::checkpoint::write_atomic(path, &png)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,18 +206,19 @@ mod tests {
                 lr: 0.1,
                 train_loss: 1.0 / e as f64,
                 train_acc: 0.5 + 0.1 * e as f64,
-                val_loss: 1.2 / e as f64,
-                val_acc: 0.45 + 0.1 * e as f64,
+                val_loss: Some(1.2 / e as f64),
+                val_acc: Some(0.45 + 0.1 * e as f64),
                 val_top5: None,
                 seconds: 1.0,
                 images_per_sec: 100.0,
+                partial: e == 3,
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.png");
-        draw(&p, &history).unwrap();
+        draw(&p, "mlp on synthetic", &history).unwrap();
         let img = image::open(&p).unwrap();
         assert_eq!((img.width(), img.height()), SIZE);
-        draw(&p, &history[..1]).unwrap();
+        draw(&p, "", &history[..1]).unwrap();
     }
 }

@@ -1,110 +1,16 @@
 //! End-to-end tests of the `trainer` binary: train → eval → predict → info on small generated
 //! data, exact resume (after --max-steps and after SIGKILL), and the error for each bad input.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-/// The binary, with a fixed thread count so that runs are comparable bit for bit.
-fn trainer() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    c.env("RAYON_NUM_THREADS", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("TRAINER_PLOT_FONT");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    trainer().args(args).output().expect("cannot run trainer")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs and requires success; returns stdout.
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "trainer {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
-
-/// Runs and requires the clean failure: exit code 1, one `error: ...` line containing `want`,
-/// no panic. Returns the error line.
-fn fails(args: &[&str], want: &str) -> String {
-    let o = run(args);
-    let err = text(&o.stderr);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "trainer {args:?}: expected exit code 1\nstdout:\n{}\nstderr:\n{err}",
-        text(&o.stdout)
-    );
-    assert!(
-        !err.contains("panicked"),
-        "trainer {args:?} panicked:\n{err}"
-    );
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no `error:` line for {args:?}:\n{err}"));
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error")).count(),
-        1,
-        "more than one error line:\n{err}"
-    );
-    assert!(
-        line.contains(want),
-        "trainer {args:?}: error line lacks {want:?}:\n{line}"
-    );
-    line.to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// All tensors of a safetensors file: name -> (shape, bytes).
-fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec())))
-        .collect()
-}
-
-fn metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Metrics without the wall-clock fields.
-fn metrics_without_timing(dir: &Path) -> Vec<Value> {
-    metrics(dir)
-        .into_iter()
-        .map(|mut v| {
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("images_per_sec");
-            v
-        })
-        .collect()
-}
+mod common;
+use common::*;
 
 const SYNTH: [&str; 8] = [
     "--synthetic-train",
@@ -158,12 +64,19 @@ fn train_eval_predict_info_on_synthetic_data() {
     let png = image::open(out.join("curves.png")).unwrap();
     assert!(png.width() > 100 && png.height() > 100);
 
-    // metrics.jsonl: one record per epoch with every field; the task is learnable.
-    let m = metrics(&out);
-    assert_eq!(m.len(), 3);
+    // 192 synthetic training images: 38 held out for validation, 154 trained on (10 steps).
+    assert!(
+        stdout.contains("154 train / 38 validation / 64 test images"),
+        "{stdout}"
+    );
+    // metrics.jsonl: one record per epoch with every field, then the test result; the task is
+    // learnable.
+    let mut m = metrics(&out);
+    assert_eq!(m.len(), 4);
+    let test = m.pop().unwrap();
     for (i, r) in m.iter().enumerate() {
         assert_eq!(r["epoch"], i + 1);
-        assert_eq!(r["step"], 12 * (i + 1));
+        assert_eq!(r["step"], 10 * (i + 1));
         for k in [
             "lr",
             "train_loss",
@@ -182,14 +95,37 @@ fn train_eval_predict_info_on_synthetic_data() {
         "did not learn: {last}"
     );
     assert!(last["train_loss"].as_f64().unwrap() < m[0]["train_loss"].as_f64().unwrap());
+    assert_eq!(test["checkpoint"], "best.safetensors", "{test}");
+    assert_eq!(
+        (
+            &test["train_images"],
+            &test["val_images"],
+            &test["test_images"]
+        ),
+        (&Value::from(154), &Value::from(38), &Value::from(64))
+    );
+    assert_eq!(test["epochs_done"], 3);
+    let best_epoch = m
+        .iter()
+        .max_by(|a, b| {
+            a["val_acc"]
+                .as_f64()
+                .partial_cmp(&b["val_acc"].as_f64())
+                .unwrap()
+        })
+        .unwrap();
+    assert!(stdout.contains(&format!(
+        "validation accuracy {:.2}%",
+        100.0 * best_epoch["val_acc"].as_f64().unwrap()
+    )));
 
-    // eval reproduces the last validation numbers of training.
+    // eval of best.safetensors reproduces the test result of training.
     let ckpt = out.join("model.safetensors");
     let e: Value = serde_json::from_str(
         ok(&[
             "eval",
             "--checkpoint",
-            s(&ckpt),
+            s(&out.join("best.safetensors")),
             "--dataset",
             "synthetic",
             "--seed",
@@ -203,12 +139,12 @@ fn train_eval_predict_info_on_synthetic_data() {
     .unwrap();
     assert_eq!(e["samples"], 64);
     assert!(
-        (e["accuracy"].as_f64().unwrap() - last["val_acc"].as_f64().unwrap()).abs() < 1e-12,
-        "{e} vs {last}"
+        (e["accuracy"].as_f64().unwrap() - test["test_acc"].as_f64().unwrap()).abs() < 1e-12,
+        "{e} vs {test}"
     );
     assert!(
-        (e["loss"].as_f64().unwrap() - last["val_loss"].as_f64().unwrap()).abs() < 1e-9,
-        "{e} vs {last}"
+        (e["loss"].as_f64().unwrap() - test["test_loss"].as_f64().unwrap()).abs() < 1e-9,
+        "{e} vs {test}"
     );
     assert!(
         e.get("top5").is_none(),
@@ -291,11 +227,14 @@ fn train_eval_predict_info_on_synthetic_data() {
 
     // A second run into the same directory must not silently overwrite it.
     fails(&args, "already holds a run");
-    // Resuming a finished run trains nothing and keeps the weights.
-    let before = tensors(&ckpt);
-    let o = ok(&["train", "--resume", s(&out), "--no-progress"]);
-    assert!(o.contains("already finished"), "{o}");
-    assert_eq!(tensors(&ckpt), before);
+    // Resuming a finished run, twice, trains nothing and changes no file.
+    let before = files(&out);
+    for _ in 0..2 {
+        let o = ok(&["train", "--resume", s(&out), "--no-progress"]);
+        assert!(o.contains("already finished its 3 epochs"), "{o}");
+        assert!(o.contains("nothing to do"), "{o}");
+        assert_eq!(files(&out), before);
+    }
 }
 
 /// `--classifier-head dense` keeps only the last FC layer dense; a resume must keep it.
@@ -373,6 +312,8 @@ fn resume_is_exact_after_max_steps_and_after_sigkill() {
             "2",
             "--seed",
             "11",
+            "--log-every",
+            "3",
             "--out",
         ]
         .iter()
@@ -387,13 +328,23 @@ fn resume_is_exact_after_max_steps_and_after_sigkill() {
     let a = tmp.path().join("a");
     call(&base(&a));
 
-    // Stopped mid-epoch by --max-steps (10 steps per epoch), then resumed with no other options.
+    // Stopped mid-epoch by --max-steps (128 training images: 8 steps per epoch), then resumed
+    // with no other options.
     let b = tmp.path().join("b");
     let mut args = base(&b);
     args.extend(["--max-steps".into(), "13".into()]);
     let o = call(&args);
     assert!(o.contains("stopped after 13 steps"), "{o}");
-    assert_eq!(metrics(&b).len(), 1);
+    // The finished epoch, the interrupted one (validated where it stopped), the test result.
+    let m = metrics(&b);
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert_eq!(m[0].get("partial"), None);
+    assert_eq!(
+        (&m[1]["partial"], &m[1]["epoch"], &m[1]["step"]),
+        (&Value::Bool(true), &Value::from(2), &Value::from(13))
+    );
+    assert!(m[1]["val_acc"].as_f64().is_some(), "{m:?}");
+    assert_eq!(m[2]["step"], 13);
     let o = ok(&[
         "train",
         "--resume",
@@ -402,7 +353,7 @@ fn resume_is_exact_after_max_steps_and_after_sigkill() {
         "--workers",
         "1",
     ]);
-    assert!(o.contains("resuming at epoch 2, batch 3, step 13"), "{o}");
+    assert!(o.contains("resuming at epoch 2, batch 5, step 13"), "{o}");
 
     // Killed with SIGKILL once a mid-run checkpoint exists, then resumed.
     let c = tmp.path().join("c");
@@ -448,7 +399,14 @@ fn resume_is_exact_after_max_steps_and_after_sigkill() {
             tensors(&a.join("train_state.safetensors"))
         );
         assert_eq!(metrics_without_timing(dir), metrics_without_timing(&a));
+        assert_eq!(
+            steps_without_timing(dir),
+            steps_without_timing(&a),
+            "metrics-steps.jsonl differs in {}",
+            dir.display()
+        );
     }
+    assert_eq!(steps_without_timing(&a).len(), 5, "steps 3, 6, ..., 15");
     // The weights really changed during training (the comparison is not vacuous).
     let init = tmp.path().join("init");
     let mut args = base(&init);
@@ -510,7 +468,7 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() {
         ],
         "training diverged",
     );
-    assert!(line.contains("(step 6) is intact"), "{line}");
+    assert!(line.contains("(step 5) is intact"), "{line}");
     assert_eq!(tensors(&out.join("model.safetensors")), before);
     assert_eq!(tensors(&out.join("train_state.safetensors")), state_before);
 }
@@ -585,7 +543,10 @@ fn mnist_idx_files_and_their_errors() {
         |v: Vec<String>, want: &str| fails(&v.iter().map(String::as_str).collect::<Vec<_>>(), want);
 
     let o = call_ok(train(&d, &out));
-    assert!(o.contains("40 train / 20 test"), "{o}");
+    assert!(
+        o.contains("32 train / 8 validation / 20 test images"),
+        "{o}"
+    );
     let e: Value = serde_json::from_str(
         ok(&[
             "eval",
@@ -601,9 +562,16 @@ fn mnist_idx_files_and_their_errors() {
     )
     .unwrap();
     assert_eq!(e["samples"], 20);
-    let classes: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string(out.join("classes.json")).unwrap()).unwrap();
-    assert_eq!(classes.len(), 10);
+    // The class names travel in the checkpoint's metadata, not in a file beside it.
+    assert!(!out.join("classes.json").exists());
+    let info: Value = serde_json::from_str(&ok(&[
+        "info",
+        "--checkpoint",
+        s(&out.join("model.safetensors")),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(info["class_names"][9], "9", "{info}");
 
     let n = std::sync::atomic::AtomicUsize::new(0);
     let fresh_out = || {
@@ -670,7 +638,7 @@ fn mnist_idx_files_and_their_errors() {
     // A model that does not take 28x28 grey images.
     let mut v = train(&d, &fresh_out());
     v[4] = "cifar-cnn".into();
-    call_fail(v, "mnist images are 1x28x28 but the model expects 3x32x32");
+    call_fail(v, "mnist images are 1x28x28 but the model takes 3x32x32");
 }
 
 #[test]
@@ -714,7 +682,11 @@ fn image_folders_and_cifar_batches() {
         "--out",
         s(&out),
     ]);
-    assert!(o.contains("3 classes, 18 train / 6 test images"), "{o}");
+    assert!(
+        o.contains("3 classes read as 3x32x32, test split from test/"),
+        "{o}"
+    );
+    assert!(o.contains("15 train / 3 validation / 6 test images"), "{o}");
     let e: Value = serde_json::from_str(
         ok(&[
             "eval",
@@ -730,10 +702,13 @@ fn image_folders_and_cifar_batches() {
     )
     .unwrap();
     assert_eq!(e["samples"], 6);
+    // A checkpoint copied away from its run directory still names its classes.
+    let copy = tmp.path().join("copied.safetensors");
+    std::fs::copy(out.join("model.safetensors"), &copy).unwrap();
     let pred = ok(&[
         "predict",
         "--checkpoint",
-        s(&out.join("model.safetensors")),
+        s(&copy),
         "--json",
         s(&root.join("test/dog/0.jpg")),
     ]);
@@ -821,7 +796,7 @@ fn image_folders_and_cifar_batches() {
         "--out",
         s(&out3),
     ]);
-    assert!(o.contains("20 train / 10 test"), "{o}");
+    assert!(o.contains("16 train / 4 validation / 10 test"), "{o}");
     std::fs::write(bin.join("test_batch.bin"), &batch(10, 9)[..3073 * 3 + 100]).unwrap();
     fails(
         &[
@@ -1035,8 +1010,11 @@ fn bad_inputs_give_one_clear_error() {
         "--max-steps",
         "--save-every",
         "--image-size",
+        "--val-split",
+        "--log-every",
         "default: 10",
         "default: 64",
+        "default: 5000 for mnist",
     ] {
         assert!(help.contains(flag), "train --help lacks {flag}");
     }

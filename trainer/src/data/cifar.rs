@@ -94,12 +94,7 @@ pub fn open(dir: &Path, opts: &DataOptions, shape: Shape, norm: Normalize) -> Re
         })
         .filter(|v| v.len() == 10)
         .unwrap_or_else(|| CLASSES.iter().map(|s| s.to_string()).collect());
-    let description = format!(
-        "cifar10 binary batches from {}: {} train / {} test images",
-        dir.display(),
-        train_l.len(),
-        test_l.len()
-    );
+    let description = format!("cifar10 binary batches from {}", dir.display());
     Ok(Dataset {
         description,
         train: Arc::new(MemorySource::new(

@@ -38,10 +38,10 @@ pub fn has_mnist_files(dir: &Path) -> bool {
     FILES.iter().all(|names| find(dir, names).is_some())
 }
 
-fn require(dir: &Path, names: &[&str]) -> Result<PathBuf> {
+fn require(dir: &Path, dataset: &str, names: &[&str]) -> Result<PathBuf> {
     find(dir, names).ok_or_else(|| {
         anyhow::anyhow!(
-            "{} has no {} (nor {0}.gz); it needs the four MNIST idx files: \
+            "{} has no {} (nor {1}.gz); {dataset} needs its four idx files: \
              train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
              t10k-labels-idx1-ubyte (raw or .gz)",
             dir.display(),
@@ -177,17 +177,17 @@ fn load_pair(images: &Path, labels: &Path) -> Result<(Vec<u8>, Vec<u32>)> {
     Ok((pixels, l))
 }
 
-/// Loads the four idx files from `dir` (the train pair only when `need_train`).
-pub fn load_dir(dir: &Path, need_train: bool) -> Result<RawMnist> {
+/// Loads the four idx files of `dataset` from `dir` (the train pair only when `need_train`).
+pub fn load_dir(dir: &Path, dataset: &str, need_train: bool) -> Result<RawMnist> {
     if !dir.is_dir() {
         bail!(
-            "data directory {} does not exist; pass --data-dir with the four MNIST idx files",
+            "data directory {} does not exist; pass --data-dir with the four {dataset} idx files",
             dir.display()
         );
     }
     let paths: Vec<PathBuf> = FILES
         .iter()
-        .map(|names| require(dir, names))
+        .map(|names| require(dir, dataset, names))
         .collect::<Result<_>>()?;
     let (train_images, train_labels) = if need_train {
         load_pair(&paths[0], &paths[1])?

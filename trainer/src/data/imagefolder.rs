@@ -16,7 +16,8 @@ pub fn looks_like_imagefolder(dir: &Path) -> bool {
     dir.join("train").is_dir() && (dir.join("val").is_dir() || dir.join("test").is_dir())
 }
 
-fn is_image(p: &Path) -> bool {
+/// Whether `p` has a PNG or JPEG extension.
+pub fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
@@ -129,7 +130,8 @@ pub fn open(dir: &Path, opts: &DataOptions, shape: Shape, norm: Normalize) -> Re
         bail!("data directory {} does not exist", dir.display());
     }
     let train_dir = dir.join("train");
-    let test_dir = ["val", "test"]
+    // The test split: test/, or val/ when there is no test/ (as in ImageNet's layout).
+    let test_dir = ["test", "val"]
         .iter()
         .map(|s| dir.join(s))
         .find(|d| d.is_dir());
@@ -156,11 +158,9 @@ pub fn open(dir: &Path, opts: &DataOptions, shape: Shape, norm: Normalize) -> Re
     };
     let test_files = list_split(&test_dir, &classes)?;
     let description = format!(
-        "image folder {}: {} classes, {} train / {} {} images, read as {shape}",
+        "image folder {}: {} classes read as {shape}, test split from {}/",
         dir.display(),
         classes.len(),
-        train_files.len(),
-        test_files.len(),
         test_dir
             .file_name()
             .and_then(|n| n.to_str())

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
+use circulant_model::init::mix;
 use circulant_model::InputSpec;
 
 use crate::cli::DatasetKind;
@@ -33,7 +34,7 @@ pub trait Source: Send + Sync {
 
 /// A dataset: train and test splits with the same classes.
 pub struct Dataset {
-    /// Human-readable description (where the data came from).
+    /// Where the data came from (without split sizes).
     pub description: String,
     pub train: Arc<dyn Source>,
     pub test: Arc<dyn Source>,
@@ -195,7 +196,8 @@ fn open_mnist_like(opts: &DataOptions, shape: Shape, norm: Normalize) -> Result<
     let mnist_shape = Shape { c: 1, h: 28, w: 28 };
     if shape != mnist_shape {
         bail!(
-            "{} images are 1x28x28 but the model expects {shape} input; use --model mnist-cnn or mlp",
+            "{} images are 1x28x28 but the model takes {shape} input; of the networks, \
+             mnist-cnn and mlp take 1x28x28 images",
             opts.kind
         );
     }
@@ -207,19 +209,14 @@ fn open_mnist_like(opts: &DataOptions, shape: Shape, norm: Normalize) -> Result<
         None => None,
     };
     let raw = match &dir {
-        Some(dir) => idx::load_dir(dir, opts.need_train)?,
+        Some(dir) => idx::load_dir(dir, &opts.kind.to_string(), opts.need_train)?,
         None => hub::load(opts.kind)?,
     };
     let from = match &dir {
         Some(d) => d.display().to_string(),
         None => "the Hugging Face hub".to_string(),
     };
-    let description = format!(
-        "{} from {from}: {} train / {} test images",
-        opts.kind,
-        raw.train_labels.len(),
-        raw.test_labels.len()
-    );
+    let description = format!("{} from {from}", opts.kind);
     let train = memory::MemorySource::new(
         raw.train_images,
         raw.train_labels,
@@ -243,19 +240,46 @@ fn open_mnist_like(opts: &DataOptions, shape: Shape, norm: Normalize) -> Result<
     })
 }
 
-/// splitmix64 finaliser: a well-mixed 64-bit hash.
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// Some samples of another split, in the order of `indices`.
+pub struct Subset {
+    inner: Arc<dyn Source>,
+    indices: Vec<u32>,
+}
+
+impl Subset {
+    pub fn new(inner: Arc<dyn Source>, indices: Vec<u32>) -> Self {
+        Subset { inner, indices }
+    }
+}
+
+impl Source for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn load(&self, index: usize, augment: Option<u64>, out: &mut [f32]) -> Result<u32> {
+        self.inner.load(self.indices[index] as usize, augment, out)
+    }
+}
+
+/// Splits `n` training samples into (train, validation) index lists: `val` samples drawn at
+/// random (deterministic from `seed`), the rest for training; both lists in ascending order.
+pub fn split_indices(n: usize, val: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut all: Vec<u32> = (0..n as u32).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(derive_seed(seed, &[0x5A11]));
+    all.shuffle(&mut rng);
+    let (v, t) = all.split_at(val.min(n));
+    let (mut v, mut t) = (v.to_vec(), t.to_vec());
+    v.sort_unstable();
+    t.sort_unstable();
+    (t, v)
 }
 
 /// Derives an independent seed from a base seed and a list of values (e.g. epoch, index).
 pub fn derive_seed(base: u64, parts: &[u64]) -> u64 {
-    parts
-        .iter()
-        .fold(mix64(base), |acc, &p| mix64(acc ^ mix64(p)))
+    parts.iter().fold(mix(base), |acc, &p| mix(acc ^ mix(p)))
 }
 
 /// Shuffled sample order for `epoch`, from `StdRng` seeded by (seed, epoch).
@@ -282,6 +306,18 @@ mod tests {
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn split_is_a_deterministic_partition() {
+        let (t, v) = split_indices(50, 7, 1);
+        assert_eq!((t.len(), v.len()), (43, 7));
+        assert_eq!(split_indices(50, 7, 1), (t.clone(), v.clone()));
+        assert_ne!(split_indices(50, 7, 2).1, v);
+        let mut all: Vec<u32> = t.iter().chain(&v).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..50).collect::<Vec<u32>>());
+        assert_eq!(split_indices(5, 0, 1), ((0..5).collect(), vec![]));
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub fn open(opts: &DataOptions, shape: Shape, norm: Normalize) -> Result<Dataset
     let (test_px, test_l) = generate(&protos, opts.seed, 2, opts.synthetic_test, shape);
     Ok(Dataset {
         description: format!(
-            "synthetic {shape} images, {classes} classes: {} train / {} test (seed {})",
-            n_train, opts.synthetic_test, opts.seed
+            "synthetic {shape} images, {classes} classes (seed {})",
+            opts.seed
         ),
         train: Arc::new(MemorySource::new(
             train_px,
