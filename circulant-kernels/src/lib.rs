@@ -77,7 +77,8 @@ impl WeightSpectra {
             )
         };
         Dims::new("block_circulant", &[q * b], &[p, q, b])?;
-        let r = r.detach().contiguous()?;
+        // A copy: a snapshot even of a variable updated in place later.
+        let r = r.detach().copy()?;
         let spectra = match (r.device(), r.dtype()) {
             (Device::Cpu, DType::F32 | DType::F64) => {
                 Some(std::sync::Arc::new(op::cpu_weight_spectra(&r)?))

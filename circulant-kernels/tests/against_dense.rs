@@ -105,6 +105,15 @@ fn precomputed_weight_spectra_other_cases() {
     let y2 = block_circulant(&xv, &rb).unwrap();
     let g2 = y2.sum_all().unwrap().backward().unwrap();
     assert!(rel_err(g.get(&xv).unwrap(), g2.get(&xv).unwrap()) < 1e-12);
+    // A snapshot of a variable r, with or without precomputed spectra (f16 keeps r).
+    for dt in [DType::F64, DType::F16] {
+        let rv = Var::from_tensor(&rb.to_dtype(dt).unwrap()).unwrap();
+        let ws = WeightSpectra::block(&rv).unwrap();
+        let x = randn(&mut rng, &[2, 3 * b]).to_dtype(dt).unwrap();
+        let before = ws.apply(&x).unwrap();
+        rv.set(&rv.zeros_like().unwrap()).unwrap();
+        assert_eq!(rel_err(&ws.apply(&x).unwrap(), &before), 0.0, "{dt:?}");
+    }
     // Errors, not panics.
     assert!(w.apply(&randn(&mut rng, &[4, 3 * b + 1])).is_err());
     assert!(w.apply(&xv.to_dtype(DType::F32).unwrap()).is_err());
