@@ -76,6 +76,18 @@ pub enum Error {
     /// The input given to a layer or network has the wrong shape.
     #[error("bad input shape {found:?}: expected {expected}")]
     InputShape { found: Vec<usize>, expected: String },
+
+    /// An image could not be turned into model input.
+    #[error("image {index}: {reason}")]
+    Image { index: usize, reason: String },
+
+    /// A `hf://owner/repo[/file][@rev]` reference could not be parsed.
+    #[error("invalid hub reference `{input}`: {reason}")]
+    HubRef { input: String, reason: String },
+
+    /// Fetching a checkpoint from the Hugging Face hub failed.
+    #[error("hub: {0}")]
+    Hub(String),
 }
 
 /// Result alias using [`Error`].

@@ -1,6 +1,7 @@
 //! Fully-connected layers: the dense baseline and the (block-)circulant layer.
 
 use candle_core::{Device, Module, Tensor, Var, D};
+use circulant_kernels::WeightSpectra;
 use rand::Rng;
 
 use crate::config::Head;
@@ -296,8 +297,28 @@ impl CirculantLinear {
     }
 }
 
-impl Module for CirculantLinear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl CirculantLinear {
+    /// Spectra of the current `r`, computed once for [`CirculantLinear::forward_with_spectra`]
+    /// (a snapshot: they do not follow later updates of `r`).
+    pub fn weight_spectra(&self) -> Result<WeightSpectra> {
+        Ok(match self.mode {
+            CirculantMode::Paper => WeightSpectra::circulant(self.r.as_tensor())?,
+            CirculantMode::Block(_) => WeightSpectra::block(self.r.as_tensor())?,
+        })
+    }
+
+    /// The forward pass with the weight's spectra precomputed by
+    /// [`CirculantLinear::weight_spectra`] (same result, no FFT of `r`; not differentiable in
+    /// `r`).
+    pub fn forward_with_spectra(&self, x: &Tensor, spectra: &WeightSpectra) -> Result<Tensor> {
+        Ok(self.project(x, |x| spectra.apply(x))?)
+    }
+
+    fn project(
+        &self,
+        x: &Tensor,
+        op: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         if x.dims().last() != Some(&self.in_dim) {
             candle_core::bail!(
                 "CirculantLinear: input shape {:?}, expected last dim {}",
@@ -311,16 +332,22 @@ impl Module for CirculantLinear {
         };
         let (n_in, n_out) = self.mode.padded_dims(self.in_dim, self.out_dim);
         let x = x.pad_with_zeros(D::Minus1, 0, n_in - self.in_dim)?;
-        let y = match self.mode {
-            CirculantMode::Paper => circulant_kernels::circulant(&x, &self.r)?,
-            CirculantMode::Block(_) => circulant_kernels::block_circulant(&x, &self.r)?,
-        };
+        let y = op(&x)?;
         let y = if n_out > self.out_dim {
             y.narrow(D::Minus1, 0, self.out_dim)?
         } else {
             y
         };
         y.broadcast_add(&self.bias)
+    }
+}
+
+impl Module for CirculantLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.project(x, |x| match self.mode {
+            CirculantMode::Paper => circulant_kernels::circulant(x, &self.r),
+            CirculantMode::Block(_) => circulant_kernels::block_circulant(x, &self.r),
+        })
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::VarMap;
+use circulant_kernels::WeightSpectra;
 
 use crate::batch_norm::BatchNorm2d;
 use crate::builder::{Builder, Source, Store};
@@ -39,6 +40,13 @@ enum Layer {
     Fc { name: String, fc: FcLayer },
 }
 
+/// Precomputed eval-mode state of a [`Model`]: the spectra of its circulant weights.
+#[derive(Clone, Debug)]
+pub struct EvalCache {
+    /// One entry per layer; `Some` for circulant FC layers.
+    spectra: Vec<Option<WeightSpectra>>,
+}
+
 /// A network with its parameters (trainable ones held as candle `Var`s in a `VarMap`).
 pub struct Model {
     config: ModelConfig,
@@ -72,11 +80,44 @@ impl Model {
     /// x: `(N, C, H, W)` f32, already normalised per `config.input` -> logits `(N, num_classes)`.
     /// (`mlp` also accepts `(N, C*H*W)`.)
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_impl(x, mode, None)
+    }
+
+    /// The spectra of every circulant layer's weight, for [`Model::forward_eval_with`]: computed
+    /// once, a snapshot of the current weights.
+    pub fn eval_cache(&self) -> Result<EvalCache> {
+        let spectra = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Fc {
+                    fc: FcLayer::Circulant(c),
+                    ..
+                } => c.weight_spectra().map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(EvalCache { spectra })
+    }
+
+    /// `forward(x, Mode::Eval)` with the circulant weights' spectra taken from `cache` (built by
+    /// [`Model::eval_cache`] of this model) instead of recomputed.
+    pub fn forward_eval_with(&self, x: &Tensor, cache: &EvalCache) -> Result<Tensor> {
+        if cache.spectra.len() != self.layers.len() {
+            return Err(Error::InvalidConfig(
+                "eval cache was built for another model".into(),
+            ));
+        }
+        self.forward_impl(x, Mode::Eval, Some(cache))
+    }
+
+    fn forward_impl(&self, x: &Tensor, mode: Mode, cache: Option<&EvalCache>) -> Result<Tensor> {
         self.check_input(x)?;
         let train = matches!(mode, Mode::Train { .. });
         let mut h = x.clone();
         let mut dropout_index = 0;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let spectra = cache.and_then(|c| c.spectra.get(i)?.as_ref());
             h = match layer {
                 Layer::Conv { conv, .. } => conv.forward(&h)?,
                 Layer::BatchNorm { bn, .. } => bn.forward(&h, train)?,
@@ -91,7 +132,10 @@ impl Model {
                     }
                 },
                 Layer::Flatten => h.flatten_from(1)?,
-                Layer::Fc { fc, .. } => fc.forward(&h)?,
+                Layer::Fc { fc, .. } => match (fc, spectra) {
+                    (FcLayer::Circulant(c), Some(s)) => c.forward_with_spectra(&h, s)?,
+                    _ => fc.forward(&h)?,
+                },
             };
         }
         Ok(h)
