@@ -238,7 +238,8 @@ pub struct TrainArgs {
 /// Options of `trainer eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Checkpoint (model.safetensors or best.safetensors)
+    /// Checkpoint (model.safetensors or best.safetensors), or hf://owner/repo[/file][@rev]
+    /// (built with the `hub` feature)
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
     /// Dataset whose test split is evaluated
@@ -270,7 +271,8 @@ pub struct EvalArgs {
 /// Options of `trainer predict`.
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Checkpoint (model.safetensors or best.safetensors)
+    /// Checkpoint (model.safetensors or best.safetensors), or hf://owner/repo[/file][@rev]
+    /// (built with the `hub` feature)
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
     /// Device: cpu, cuda or cuda:N
@@ -292,7 +294,7 @@ pub struct PredictArgs {
 /// Options of `trainer info`.
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Checkpoint file
+    /// Checkpoint file, or hf://owner/repo[/file][@rev] (built with the `hub` feature)
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
     /// Print the report as JSON

@@ -1,12 +1,12 @@
 //! Evaluation: loss, top-1 and top-5 accuracy on a split; the `eval` command.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use circulant_model::checkpoint::CheckpointInfo;
-use circulant_model::{Mode, Model};
+use circulant_model::{HubRef, Mode, Model};
 use serde::Serialize;
 
 use crate::cli::EvalArgs;
@@ -113,7 +113,8 @@ pub fn evaluate(
 /// `trainer eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = crate::device::parse(&args.device)?;
-    let config = read_info(&args.checkpoint)?.config;
+    let checkpoint = checkpoint_file(&args.checkpoint)?;
+    let config = read_info(&checkpoint)?.config;
     let opts = DataOptions {
         kind: args.dataset,
         data_dir: args.data_dir.clone(),
@@ -136,7 +137,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             dataset.num_classes
         );
     }
-    let (model, _) = load_model(&args.checkpoint, &device)?;
+    let (model, _) = load_model(&checkpoint, &device)?;
     let shape = Shape::of(&config.input);
     let workers = args.workers.unwrap_or_else(default_workers);
     let cfg = LoaderConfig::new(args.batch_size.max(1), shape.numel(), workers)?;
@@ -158,6 +159,31 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The local file of a `--checkpoint` argument: a path as given, or for
+/// `hf://owner/repo[/file][@rev]` the file in the Hugging Face hub cache (downloaded if missing,
+/// unless `HF_HUB_OFFLINE=1`).
+pub fn checkpoint_file(arg: &Path) -> Result<PathBuf> {
+    let Some(s) = arg.to_str().filter(|s| HubRef::is_hub_ref(s)) else {
+        return Ok(arg.to_path_buf());
+    };
+    fetch(&HubRef::parse(s)?)
+}
+
+#[cfg(feature = "hub")]
+fn fetch(hub_ref: &HubRef) -> Result<PathBuf> {
+    hub_ref
+        .fetch(None)
+        .with_context(|| format!("cannot fetch {hub_ref} from the Hugging Face hub"))
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch(hub_ref: &HubRef) -> Result<PathBuf> {
+    bail!(
+        "{hub_ref}: this trainer was built without hub support; rebuild it with \
+         `cargo build --release -p trainer --features hub`, or download the file and pass its path"
+    )
 }
 
 /// Reads what a checkpoint says about itself (config, class names, dtype), with a clear error.

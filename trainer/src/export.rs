@@ -5,14 +5,15 @@ use candle_core::{DType, Device};
 use circulant_model::checkpoint::SaveOptions;
 
 use crate::cli::{ExportArgs, StoredDtype};
-use crate::eval::load_model;
+use crate::eval::{checkpoint_file, load_model};
 
 /// `trainer export`.
 pub fn run(args: ExportArgs) -> Result<()> {
     if args.out == args.checkpoint {
         bail!("--out must differ from --checkpoint (the input stays as it is)");
     }
-    let (model, info) = load_model(&args.checkpoint, &Device::Cpu)?;
+    let input = checkpoint_file(&args.checkpoint)?;
+    let (model, info) = load_model(&input, &Device::Cpu)?;
     let dtype = match args.dtype {
         StoredDtype::F32 => DType::F32,
         StoredDtype::F16 => DType::F16,
@@ -29,7 +30,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     println!(
         "{} ({}, {:?}) -> {} ({}, {dtype:?})",
         args.checkpoint.display(),
-        indicatif::HumanBytes(size(&args.checkpoint)),
+        indicatif::HumanBytes(size(&input)),
         info.dtype,
         args.out.display(),
         indicatif::HumanBytes(size(&args.out)),

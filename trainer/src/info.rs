@@ -5,11 +5,11 @@ use candle_core::Device;
 use serde_json::json;
 
 use crate::cli::InfoArgs;
-use crate::eval::load_model;
+use crate::eval::{checkpoint_file, load_model};
 
 /// `trainer info`.
 pub fn run(args: InfoArgs) -> Result<()> {
-    let path = &args.checkpoint;
+    let path = &checkpoint_file(&args.checkpoint)?;
     let (model, info) = load_model(path, &Device::Cpu)?;
     let config = info.config;
     let size = std::fs::metadata(path)

@@ -13,7 +13,7 @@ use crate::cli::PredictArgs;
 use crate::data::imagefolder::is_image;
 use crate::data::transform::{self, eval_crop_pct, Transform};
 use crate::data::{Normalize, Shape};
-use crate::eval::load_model;
+use crate::eval::{checkpoint_file, load_model};
 
 /// Images per forward pass.
 const CHUNK: usize = 32;
@@ -73,7 +73,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         bail!("--top-k must be at least 1");
     }
     let device = crate::device::parse(&args.device)?;
-    let (model, info) = load_model(&args.checkpoint, &device)?;
+    let checkpoint = checkpoint_file(&args.checkpoint)?;
+    let (model, info) = load_model(&checkpoint, &device)?;
     let config = info.config;
     let shape = Shape::of(&config.input);
     let norm = Normalize::new(&config.input)?;
@@ -81,7 +82,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         crop_pct: eval_crop_pct(shape),
     };
     let names =
-        class_names(&args.checkpoint, info.class_names).filter(|n| n.len() == config.num_classes);
+        class_names(&checkpoint, info.class_names).filter(|n| n.len() == config.num_classes);
     let files = image_files(&args.images)?;
     let mut fitted_reported = false;
     for chunk in files.chunks(CHUNK) {

@@ -394,3 +394,21 @@ fn export_writes_half_size_checkpoints_that_evaluate_alike() {
         "--out must differ",
     );
 }
+
+#[test]
+fn hub_checkpoints_need_the_hub_feature_or_a_cached_file() {
+    if cfg!(feature = "hub") {
+        // Without network access and with HF_HUB_OFFLINE=1 (set by trainer()), an uncached
+        // file is a clear error.
+        fails(
+            &["info", "--checkpoint", "hf://nobody/nothing@main"],
+            "hf://nobody/nothing",
+        );
+    } else {
+        fails(
+            &["info", "--checkpoint", "hf://nobody/nothing"],
+            "built without hub support",
+        );
+    }
+    fails(&["info", "--checkpoint", "hf://just-a-name"], "owner/repo");
+}
