@@ -506,16 +506,21 @@ impl Run<'_> {
 
     /// Writes the train state, then the model (each atomically).
     fn save(&mut self) -> Result<()> {
+        self.save_state()?;
+        self.save_model(MODEL_FILE)?;
+        self.last_saved = Some(self.state.global_step);
+        Ok(())
+    }
+
+    /// Writes `train_state.safetensors`: everything a resume needs.
+    fn save_state(&self) -> Result<()> {
         checkpoint::save_state(
             self.dir.path(),
             &self.state,
             &self.trainer.model,
             self.trainer.optimizer.state(),
             &self.order,
-        )?;
-        self.save_model(MODEL_FILE)?;
-        self.last_saved = Some(self.state.global_step);
-        Ok(())
+        )
     }
 
     /// Writes the model, with the class names in its metadata.
@@ -631,13 +636,7 @@ impl Run<'_> {
             val_images,
             test_images,
         });
-        checkpoint::save_state(
-            self.dir.path(),
-            &self.state,
-            &self.trainer.model,
-            self.trainer.optimizer.state(),
-            &self.order,
-        )?;
+        self.save_state()?;
         self.write_metrics()?;
         let top5 = r
             .top5
