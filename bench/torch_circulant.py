@@ -38,6 +38,7 @@ from torch import nn
 # bench/torch_train.py.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from circulant_layers import BlockCirculantLinear, dense_from_r  # noqa: E402
+from nets_table import cpu_model  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -235,15 +236,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def fmt_ms(m: dict | None, key: str = "median_ms") -> str:
