@@ -457,6 +457,8 @@ impl Run<'_> {
 
     /// The record of the epoch in progress, validated now.
     fn record(&self, lr: f64, start: Instant, images: u64, partial: bool) -> Result<EpochRecord> {
+        // Training throughput: the clock stops before validation.
+        let train_secs = start.elapsed().as_secs_f64();
         let val = self.validate()?;
         let (train_loss, train_acc) = self.train_means();
         Ok(EpochRecord {
@@ -469,7 +471,7 @@ impl Run<'_> {
             val_acc: val.as_ref().map(|v| v.accuracy),
             val_top5: val.as_ref().and_then(|v| v.top5),
             seconds: start.elapsed().as_secs_f64(),
-            images_per_sec: images as f64 / start.elapsed().as_secs_f64().max(1e-9),
+            images_per_sec: images as f64 / train_secs.max(1e-9),
             partial,
         })
     }
