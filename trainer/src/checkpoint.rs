@@ -72,6 +72,19 @@ pub struct TrainState {
     pub train_len: usize,
     pub val_len: usize,
     pub test_len: usize,
+    /// Processes of the data-parallel run that wrote the state (1: one process). A run resumed
+    /// with another number keeps its place in the epoch's sample order but cuts the rest of
+    /// the epoch into other batches.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl TrainState {
@@ -93,6 +106,7 @@ impl TrainState {
             train_len,
             val_len,
             test_len,
+            world_size: 1,
         }
     }
 }

@@ -6,6 +6,7 @@ use circulant_model::{Head, Network};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::dist::{DistFlags, Master};
 use crate::train::settings::{ValSplit, DEFAULTS};
 
 /// Process settings the trainer makes at start, and how to override them.
@@ -20,6 +21,17 @@ Environment (the trainer's settings at start; set a variable to override it):
                                 mapped (faster steps, up to ~1 GiB held)
   CIRCULANT_KEEP_DEVICE_MEMORY  0: leave the CUDA memory pool's default (freed GPU memory
                                 released at every step) instead of keeping it";
+
+/// How `trainer train` runs on several GPUs and nodes.
+const DATA_PARALLEL: &str = "\
+Data-parallel training (a trainer built with --features nccl):
+  One node:      trainer train --gpus N ...   starts N worker processes, one per GPU, and waits
+  Several nodes: trainer train --gpus N --nnodes K --node-rank R --master ADDR:PORT ... on each
+                 node (R = 0..K-1; ADDR:PORT on node 0, the same everywhere)
+  Under a launcher (torchrun, SLURM, ...), each process may instead get WORLD_SIZE, RANK,
+  LOCAL_RANK, MASTER_ADDR and MASTER_PORT in its environment (LOCAL_RANK picks the GPU).
+  --batch-size is per process: each step trains on N*K*batch-size images. Rank 0 alone writes
+  the run directory. Batch norm keeps per-process statistics (rank 0's are saved).";
 
 /// Train, evaluate and run networks with circulant fully-connected heads.
 #[derive(Parser, Debug)]
@@ -39,6 +51,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a network (or resume a run) and write checkpoints, metrics.jsonl and curves.png.
+    #[command(after_help = DATA_PARALLEL)]
     Train(Box<TrainArgs>),
     /// Top-1 (and top-5) accuracy and loss of a checkpoint on a dataset's test split.
     Eval(EvalArgs),
@@ -131,6 +144,10 @@ fn parse_head(s: &str) -> Result<Head, String> {
     s.parse::<Head>().map_err(|e| e.to_string())
 }
 
+fn parse_master(s: &str) -> Result<Master, String> {
+    s.parse()
+}
+
 /// Options of `trainer train`. An option not given takes its default (see
 /// `crate::train::settings::DEFAULTS`, which `--help` shows), or, with --resume, the value
 /// stored in the run being resumed.
@@ -160,7 +177,8 @@ pub struct TrainArgs {
     /// chooses no best
     #[arg(long, value_name = "N|FRACTION")]
     pub val_split: Option<ValSplit>,
-    /// Mini-batch size
+    /// Mini-batch size per process: per GPU with --gpus (each step then trains on
+    /// GPUs x nodes x this many images)
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Optimizer
@@ -233,6 +251,38 @@ pub struct TrainArgs {
     /// Do not draw progress bars (they are also hidden when stderr is not a terminal)
     #[arg(long)]
     pub no_progress: bool,
+    /// Train on N GPUs of this node, one worker process each, with gradients averaged by NCCL
+    /// (built with --features nccl). --batch-size is per GPU
+    #[arg(long, value_name = "N", help_heading = "Data-parallel training")]
+    pub gpus: Option<usize>,
+    /// Nodes taking part, each running the same command with its --node-rank
+    #[arg(long, value_name = "K", help_heading = "Data-parallel training")]
+    pub nnodes: Option<usize>,
+    /// This node's index, 0..K-1; node 0 runs rank 0 (which writes the run directory)
+    #[arg(long, value_name = "R", help_heading = "Data-parallel training")]
+    pub node_rank: Option<usize>,
+    /// Address of node 0 and a free TCP port there, for the rendezvous
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_master, help_heading = "Data-parallel training")]
+    pub master: Option<Master>,
+    /// How long ranks wait for each other at start
+    #[arg(long, value_name = "SECONDS", help_heading = "Data-parallel training")]
+    pub rendezvous_timeout: Option<u64>,
+    /// Train without dropout (the forward pass of evaluation; refused for networks with batch
+    /// norm). For tests that compare runs whose dropout masks would differ
+    #[arg(long, hide = true)]
+    pub no_dropout: bool,
+}
+
+impl TrainArgs {
+    /// The options that ask for several processes.
+    pub fn dist_flags(&self) -> DistFlags {
+        DistFlags {
+            gpus: self.gpus,
+            nnodes: self.nnodes,
+            node_rank: self.node_rank,
+            master: self.master.clone(),
+        }
+    }
 }
 
 /// Options of `trainer eval`.

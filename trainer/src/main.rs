@@ -6,7 +6,6 @@ mod checkpoint;
 mod cli;
 mod data;
 mod device;
-#[allow(dead_code, unused_imports)] // wired into `train` by the next commit
 mod dist;
 mod eval;
 mod export;

@@ -8,7 +8,6 @@ use super::bucket::{self, BUCKET_BYTES};
 /// A sum over every rank of a world: NCCL's all-reduce (`dist::nccl`), or a stand-in in tests.
 /// Every rank calls [`Collective::sum`] with tensors of the same length, in the same order.
 pub trait Collective {
-    fn world_size(&self) -> usize;
     fn rank(&self) -> usize;
     /// The element-wise sum over the ranks of a contiguous 1-D f32 tensor.
     fn sum(&mut self, flat: &Tensor) -> Result<Tensor>;
@@ -31,10 +30,6 @@ impl GradSync {
             comm,
             max_elems: max_elems.max(1),
         }
-    }
-
-    pub fn world_size(&self) -> usize {
-        self.comm.world_size()
     }
 
     pub fn rank(&self) -> usize {
@@ -96,10 +91,6 @@ pub mod testing {
     }
 
     impl Collective for ThreadComm {
-        fn world_size(&self) -> usize {
-            self.shared.slots.lock().unwrap().len()
-        }
-
         fn rank(&self) -> usize {
             self.rank
         }
@@ -135,9 +126,6 @@ mod tests {
     struct Counting(std::rc::Rc<std::cell::Cell<usize>>);
 
     impl Collective for Counting {
-        fn world_size(&self) -> usize {
-            1
-        }
         fn rank(&self) -> usize {
             0
         }

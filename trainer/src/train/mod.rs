@@ -3,17 +3,21 @@
 //! A run holds out a validation split of the training data, validates on it after every epoch
 //! and keeps the best epoch's weights in `best.safetensors`; the test split is evaluated once,
 //! when training stops. Resuming a run that has nothing left to do changes nothing.
+//!
+//! A data-parallel run (`--gpus`, or WORLD_SIZE in the environment) runs this in every rank:
+//! each trains on its shard of every global batch (`dist::shard`) with gradients summed over
+//! the ranks; rank 0 alone writes the run directory (`output`).
 
+mod output;
 mod run_dir;
 pub mod settings;
 pub mod step;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use circulant_model::checkpoint::SaveOptions;
 use circulant_model::{Model, ModelConfig};
 
 use crate::checkpoint::{self, LoadedState, TrainState, BEST_FILE, MODEL_FILE};
@@ -21,41 +25,85 @@ use crate::cli::TrainArgs;
 use crate::data::loader::{default_workers, LoaderConfig};
 use crate::data::transform::default_min_crop_scale;
 use crate::data::{self, derive_seed, DataOptions, Loader, Shape, Source, Subset};
+use crate::dist::shard::{self, EpochShard};
+use crate::dist::{self, Plan, Role, World};
 use crate::eval::{self, EvalResult};
-use crate::metrics::{self, EpochRecord, StepRecord, TestRecord};
-use crate::{plot, progress};
+use crate::metrics::{EpochRecord, StepRecord, TestRecord};
+use crate::progress;
+use output::Output;
 use run_dir::RunDir;
 use settings::{TrainConfig, ValSplit};
 pub use step::Trainer;
 
-/// `trainer train`.
+/// `trainer train`: one process, the launcher of this node's workers (`--gpus N`), or one
+/// worker of a data-parallel run.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let device = crate::device::parse(args.device.as_deref().unwrap_or("cpu"))?;
+    let world = match dist::plan(&args.dist_flags(), |k| std::env::var(k).ok())? {
+        Plan::Single => None,
+        Plan::Launch(launch) => {
+            dist::require_nccl(&format!("--gpus {}", launch.gpus))?;
+            return dist::launch::launch_trainer(&launch);
+        }
+        Plan::Worker(w) => {
+            dist::require_nccl(&format!("WORLD_SIZE={}", w.size))?;
+            Some(w)
+        }
+    };
+    let device = crate::device::parse(&device_spec(&args, world.as_ref())?)?;
     crate::runtime::prepare_device(&device);
+    let role = Role::of_rank(world.as_ref().map_or(0, |w| w.rank));
     let (dir, resumed) = match &args.resume {
         Some(path) => {
             if args.out.as_ref().is_some_and(|o| o != path) {
                 bail!("--resume continues a run in its own directory; drop --out");
             }
-            let dir = RunDir::existing(path)?;
+            let dir = if role.writes() {
+                RunDir::existing(path)?
+            } else {
+                RunDir::detached(path)
+            };
             let loaded = checkpoint::load_state(dir.path(), &device)?;
             (dir, Some(loaded))
         }
         None => {
             // Check the options before creating anything.
             let (config, _) = settings::resolve(&args, None)?;
-            let dir = match &args.out {
-                Some(out) => RunDir::fresh(out)?,
-                None => RunDir::fresh_numbered(&default_out(&config))?,
+            let dir = match (&args.out, role.writes()) {
+                (Some(out), true) => RunDir::fresh(out)?,
+                (None, true) => RunDir::fresh_numbered(&default_out(&config))?,
+                (Some(out), false) => RunDir::detached(out),
+                (None, false) => RunDir::detached(&default_out(&config)),
             };
             (dir, None)
         }
     };
-    let result = train_in(&dir, &args, resumed, &device);
+    let result = train_in(&dir, role, &args, resumed, &device, world.as_ref());
     if result.is_err() {
         dir.discard_if_unused();
     }
     result
+}
+
+/// The device to train on: `--device` (default cpu, or cuda with `--gpus 1`), or in a
+/// data-parallel run the GPU of the rank's LOCAL_RANK.
+fn device_spec(args: &TrainArgs, world: Option<&World>) -> Result<String> {
+    let given = args
+        .device
+        .as_deref()
+        .map(|d| d.trim().to_ascii_lowercase());
+    match (world, given.as_deref()) {
+        (Some(w), None | Some("cuda")) => dist::device_spec(w),
+        (Some(_), Some(d)) => bail!(
+            "--device {d}: in a data-parallel run each rank trains on the GPU of its LOCAL_RANK \
+             (modulo the GPUs visible); drop --device"
+        ),
+        (None, Some("cpu")) if args.gpus.is_some() => {
+            bail!("--gpus trains on GPUs but --device is cpu; drop one of them")
+        }
+        (None, Some(d)) => Ok(d.to_string()),
+        (None, None) if args.gpus.is_some() => Ok("cuda".to_string()),
+        (None, None) => Ok("cpu".to_string()),
+    }
 }
 
 /// `runs/<dataset>-<network>-<head>[-<classifier head>-classifier]`.
@@ -92,12 +140,15 @@ impl Splits {
 
 fn train_in(
     dir: &RunDir,
+    role: Role,
     args: &TrainArgs,
     resumed: Option<LoadedState>,
     device: &candle_core::Device,
+    world: Option<&World>,
 ) -> Result<()> {
+    let out = Output::new(dir, role);
     let (config, notes) = settings::resolve(args, resumed.as_ref().map(|l| &l.state.config))?;
-    for n in &notes {
+    for n in notes.iter().filter(|_| role.writes()) {
         eprintln!("note: {n}");
     }
     if let Some(l) = &resumed {
@@ -106,6 +157,17 @@ fn train_in(
             return Ok(());
         }
     }
+    let (world_size, rank) = world.map_or((1, 0), |w| (w.size, w.rank));
+    // Every rank waits here for the others, and has the same settings as they do.
+    let sync = match world {
+        Some(w) => {
+            let secs = args
+                .rendezvous_timeout
+                .unwrap_or(settings::RENDEZVOUS_TIMEOUT);
+            Some(dist::connect(w, device, Duration::from_secs(secs))?)
+        }
+        None => None,
+    };
 
     // Input shape: the stored model's, or the network's default (optionally resized).
     let input = match &resumed {
@@ -175,10 +237,18 @@ fn train_in(
             {
                 bail!("the saved data order does not match this dataset and seed; resume with the same data");
             }
+            if s.world_size != world_size && role.writes() {
+                eprintln!(
+                    "note: the run was trained by {} process(es), now by {world_size}: from here \
+                     on its batches differ (the sample order of each epoch is the same)",
+                    s.world_size
+                );
+            }
             let model = checkpoint::model_from_state(&l, device)?;
             let step = l.state.global_step;
             let mut st = l.state;
             st.config = config.clone();
+            st.world_size = world_size;
             (model, st, Some((l.optimizer, step)))
         }
         None => {
@@ -192,11 +262,16 @@ fn train_in(
                 .with_context(|| format!("cannot build {} with {} heads", run.network, run.head))?;
             let mut st = TrainState::new(mc, config.clone(), splits.sizes());
             st.class_names = dataset.class_names.clone();
+            st.world_size = world_size;
             (model, st, None)
         }
     };
-    let steps_per_epoch = splits.train.len().div_ceil(run.batch_size) as u64;
+    let global_batch = run.batch_size * world_size;
+    let steps_per_epoch = shard::steps_per_epoch(splits.train.len(), global_batch) as u64;
     let mut trainer = Trainer::new(model, &config, steps_per_epoch)?;
+    if let Some(sync) = sync {
+        trainer = trainer.with_sync(sync);
+    }
     if let Some((tensors, step)) = optimizer_state {
         trainer
             .optimizer
@@ -221,6 +296,12 @@ fn train_in(
         "data: {}: {tr} train / {va} validation / {te} test images",
         dataset.description
     );
+    if world_size > 1 {
+        println!(
+            "data-parallel: {world_size} processes x batch {} = {global_batch} images per step",
+            run.batch_size
+        );
+    }
     if args.resume.is_some() {
         println!(
             "resuming at epoch {}, batch {}, step {}; writing to {}",
@@ -229,7 +310,7 @@ fn train_in(
             state.global_step,
             dir.path().display()
         );
-        metrics::truncate_steps(dir.path(), state.global_step)?;
+        out.truncate_steps(state.global_step)?;
     } else {
         println!(
             "writing checkpoints and metrics to {}",
@@ -245,7 +326,9 @@ fn train_in(
     };
     let order = data::epoch_order(splits.train.len(), run.seed, state.epoch);
     let mut r = Run {
-        dir,
+        out,
+        world_size,
+        rank,
         config,
         trainer,
         last_saved: args.resume.as_ref().map(|_| state.global_step),
@@ -254,8 +337,7 @@ fn train_in(
         order,
         loader_cfg,
         eval_cfg,
-        steps_per_epoch,
-        show_progress: !args.no_progress,
+        show_progress: !args.no_progress && role.writes(),
         max_steps: args.max_steps,
         save_every: args.save_every.filter(|&k| k > 0),
     };
@@ -297,7 +379,10 @@ fn nothing_to_do(
 
 /// A run in progress.
 struct Run<'a> {
-    dir: &'a RunDir,
+    out: Output<'a>,
+    /// Processes of the run, and this one's rank.
+    world_size: usize,
+    rank: usize,
     config: TrainConfig,
     trainer: Trainer,
     state: TrainState,
@@ -306,7 +391,6 @@ struct Run<'a> {
     order: Vec<u32>,
     loader_cfg: LoaderConfig,
     eval_cfg: LoaderConfig,
-    steps_per_epoch: u64,
     show_progress: bool,
     max_steps: Option<u64>,
     save_every: Option<u64>,
@@ -323,39 +407,62 @@ impl Run<'_> {
         self.state.epoch >= self.config.adjustable.epochs || self.hit_max_steps()
     }
 
+    /// This rank's part of the rest of the current epoch (all of it in a one-process run).
+    fn shard(&self) -> Result<EpochShard> {
+        EpochShard::new(
+            self.splits.train.len(),
+            self.config.run.batch_size,
+            self.world_size,
+            self.rank,
+            self.state.batch_in_epoch,
+            self.state.accum.seen as usize,
+        )
+    }
+
     /// Trains the rest of the current epoch; returns false when `--max-steps` stopped it.
     fn train_epoch(&mut self) -> Result<bool> {
         let epoch = self.state.epoch;
         let start = Instant::now();
+        let shard = self.shard()?;
+        let steps = shard.steps();
         let bar = progress::bar(
-            self.steps_per_epoch,
+            steps as u64,
             format!("epoch {}/{}", epoch + 1, self.config.adjustable.epochs),
             self.show_progress,
         );
         bar.set_position(self.state.batch_in_epoch as u64);
         let augment = derive_seed(self.config.run.seed, &[0xA6, epoch as u64]);
-        let loader = Loader::spawn(
+        let mut loader = Loader::spawn(
             self.splits.train.clone(),
-            Arc::new(self.order.clone()),
-            self.state.batch_in_epoch,
+            Arc::new(shard.local_order(&self.order)),
+            0,
             Some(augment),
             &self.loader_cfg,
         );
         let mut images = 0u64;
         let mut lr = self.trainer.lr(self.state.global_step);
-        for batch in loader {
-            let batch = batch?;
-            if batch.index != self.state.batch_in_epoch {
-                bail!(
-                    "internal error: batch {} arrived while expecting batch {}",
-                    batch.index,
-                    self.state.batch_in_epoch
-                );
-            }
-            let n = batch.labels.len() as u64;
-            let step = self
-                .trainer
-                .step(batch.images, &batch.labels, self.state.global_step)?;
+        for k in shard.first_step()..steps {
+            // This rank's part of global batch k; only the last one may be empty.
+            let (batch_images, labels) = if shard.rank_range(k).is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let Some(batch) = loader.next() else {
+                    bail!("the data loader stopped after {k} of {steps} batches");
+                };
+                let batch = batch?;
+                if batch.index + shard.first_step() != k {
+                    bail!(
+                        "internal error: batch {} arrived while expecting batch {k}",
+                        batch.index + shard.first_step()
+                    );
+                }
+                (batch.images, batch.labels)
+            };
+            let global = shard.global_range(k).len();
+            let step =
+                self.trainer
+                    .step_part(batch_images, &labels, global, self.state.global_step)?;
+            let n = step.samples;
             lr = step.lr;
             if !step.loss.is_finite() {
                 bar.abandon();
@@ -375,20 +482,17 @@ impl Run<'_> {
             let st = &self.state;
             let log_every = self.config.adjustable.log_every;
             if log_every > 0 && st.global_step.is_multiple_of(log_every) {
-                metrics::append_step(
-                    self.dir.path(),
-                    &StepRecord {
-                        epoch: epoch + 1,
-                        step: st.global_step,
-                        lr,
-                        loss: step.loss,
-                        train_loss: loss,
-                        train_acc: acc,
-                        images_per_sec: per_sec,
-                    },
-                )?;
+                self.out.step(&StepRecord {
+                    epoch: epoch + 1,
+                    step: st.global_step,
+                    lr,
+                    loss: step.loss,
+                    train_loss: loss,
+                    train_acc: acc,
+                    images_per_sec: per_sec,
+                })?;
             }
-            let epoch_done = st.batch_in_epoch as u64 >= self.steps_per_epoch;
+            let epoch_done = st.batch_in_epoch >= steps;
             if !epoch_done && self.hit_max_steps() {
                 bar.finish_and_clear();
                 self.end_partial_epoch(lr, start, images)?;
@@ -402,13 +506,6 @@ impl Run<'_> {
             }
         }
         bar.finish_and_clear();
-        if (self.state.batch_in_epoch as u64) < self.steps_per_epoch {
-            bail!(
-                "the data loader stopped after {} of {} batches",
-                self.state.batch_in_epoch,
-                self.steps_per_epoch
-            );
-        }
         self.end_epoch(lr, start, images)?;
         Ok(true)
     }
@@ -424,7 +521,7 @@ impl Run<'_> {
         let kept = match self.last_saved {
             Some(s) => format!(
                 "the last checkpoint in {} (step {s}) is intact",
-                self.dir.path().display()
+                self.out.dir().path().display()
             ),
             None => "no checkpoint was written".to_string(),
         };
@@ -441,8 +538,9 @@ impl Run<'_> {
         )
     }
 
+    /// The validation figures (on the writer only: the other ranks report nothing).
     fn validate(&self) -> Result<Option<EvalResult>> {
-        let Some(val) = &self.splits.val else {
+        let Some(val) = self.splits.val.as_ref().filter(|_| self.out.writes()) else {
             return Ok(None);
         };
         eval::evaluate(
@@ -516,42 +614,22 @@ impl Run<'_> {
 
     /// Writes `train_state.safetensors`: everything a resume needs.
     fn save_state(&self) -> Result<()> {
-        checkpoint::save_state(
-            self.dir.path(),
+        self.out.state(
             &self.state,
             &self.trainer.model,
-            self.trainer.optimizer.state(),
+            || self.trainer.optimizer.state(),
             &self.order,
         )
     }
 
     /// Writes the model, with the class names in its metadata.
     fn save_model(&self, name: &str) -> Result<()> {
-        let path = self.dir.join(name);
-        let options = SaveOptions {
-            class_names: self.state.class_names.clone(),
-            ..Default::default()
-        };
-        self.trainer
-            .model
-            .save_with(&path, &options)
-            .with_context(|| format!("cannot write {}", path.display()))
+        self.out
+            .model(name, &self.trainer.model, self.state.class_names.clone())
     }
 
     fn write_metrics(&self) -> Result<()> {
-        let st = &self.state;
-        metrics::write_jsonl(
-            self.dir.path(),
-            &st.history,
-            st.partial.as_ref(),
-            st.test.as_ref(),
-        )?;
-        let mut records = st.history.clone();
-        records.extend(st.partial.clone());
-        if let Err(e) = plot::draw(&self.dir.join(plot::CURVES_FILE), &self.title(), &records) {
-            eprintln!("warning: {e:#}");
-        }
-        Ok(())
+        self.out.metrics(&self.state, &self.title())
     }
 
     /// Names the run on its curves: network, heads, dataset, optimizer, learning rate.
@@ -570,6 +648,9 @@ impl Run<'_> {
     }
 
     fn print_epoch(&self, r: &EpochRecord, best: bool) {
+        if !self.out.writes() {
+            return;
+        }
         let val = match (r.val_loss, r.val_acc) {
             (Some(l), Some(a)) => {
                 let top5 = r
@@ -604,15 +685,20 @@ impl Run<'_> {
         if self.last_saved != Some(self.state.global_step) {
             self.save()?;
         }
+        // The test split is evaluated and reported by the writer alone.
+        if !self.out.writes() {
+            return Ok(());
+        }
+        let dir = self.out.dir();
         if self.hit_max_steps() && self.state.epoch < self.config.adjustable.epochs {
             println!(
                 "stopped after {} steps (--max-steps); continue with --resume {}",
                 self.state.global_step,
-                self.dir.path().display()
+                dir.path().display()
             );
         }
         let (name, tested) = if self.state.best_val_acc.is_some() {
-            let best = Model::load(self.dir.join(BEST_FILE), self.trainer.model.device())
+            let best = Model::load(dir.join(BEST_FILE), self.trainer.model.device())
                 .context("cannot load best.safetensors back for the test evaluation")?;
             (BEST_FILE, Some(best))
         } else {
@@ -650,11 +736,11 @@ impl Run<'_> {
             r.loss,
             r.samples
         );
-        println!("checkpoint: {}", self.dir.join(MODEL_FILE).display());
+        println!("checkpoint: {}", dir.join(MODEL_FILE).display());
         match self.state.best_val_acc {
             Some(b) => println!(
                 "best: {} (validation accuracy {:.2}%)",
-                self.dir.join(BEST_FILE).display(),
+                dir.join(BEST_FILE).display(),
                 100.0 * b
             ),
             None if val_images == 0 => {

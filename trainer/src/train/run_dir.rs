@@ -12,12 +12,13 @@ use crate::checkpoint::STATE_FILE;
 /// The lock file inside a run directory; it holds the writer's process id.
 pub const LOCK_FILE: &str = ".trainer.lock";
 
-/// A run directory locked by this process for the lifetime of the value.
+/// A run directory locked by this process for the lifetime of the value (or, for the ranks of
+/// a data-parallel run that write nothing, only its path: [`RunDir::detached`]).
 pub struct RunDir {
     path: PathBuf,
     /// The outermost directory this process created for it (`path` or an ancestor).
     created: Option<PathBuf>,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 /// Why a directory cannot be used.
@@ -68,6 +69,16 @@ impl RunDir {
             Ok(d) => Ok(d),
             Err(Refusal::Busy(msg)) => bail!(msg),
             Err(Refusal::HoldsRun) => unreachable!("lock() only refuses busy directories"),
+        }
+    }
+
+    /// The path of a run directory that this process neither creates nor locks: it only reads
+    /// it (to resume), and names it in messages.
+    pub fn detached(path: &Path) -> Self {
+        RunDir {
+            path: path.to_path_buf(),
+            created: None,
+            _lock: None,
         }
     }
 
@@ -133,7 +144,7 @@ impl RunDir {
         Ok(Ok(RunDir {
             path: path.to_path_buf(),
             created,
-            _lock: file,
+            _lock: Some(file),
         }))
     }
 
@@ -190,6 +201,16 @@ mod tests {
         // A directory that existed before is kept.
         RunDir::fresh(&run).unwrap().discard_if_unused();
         assert!(run.exists());
+    }
+
+    #[test]
+    fn a_detached_directory_is_neither_created_nor_locked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        RunDir::detached(&run).discard_if_unused();
+        assert!(!run.exists());
+        let _detached = RunDir::detached(tmp.path());
+        RunDir::fresh(tmp.path()).unwrap();
     }
 
     #[test]

@@ -44,7 +44,17 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("synthetic_train", "512"),
     ("synthetic_test", "256"),
     ("synthetic_classes", "10"),
+    ("nnodes", "1"),
+    ("node_rank", "0"),
+    (
+        "master",
+        "127.0.0.1 and a free port with one node; required with --nnodes > 1",
+    ),
+    ("rendezvous_timeout", "300"),
 ];
+
+/// Seconds ranks wait for each other at start (`--rendezvous-timeout`).
+pub const RENDEZVOUS_TIMEOUT: u64 = 300;
 
 const EPOCHS: usize = 10;
 const BATCH_SIZE: usize = 64;
@@ -141,6 +151,9 @@ pub struct RunSpec {
     pub synthetic_train: usize,
     pub synthetic_test: usize,
     pub synthetic_classes: usize,
+    /// Trains without dropout (hidden `--no-dropout`, for tests).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_dropout: bool,
 }
 
 /// What a resumed run may change (e.g. more epochs, another learning rate).
@@ -200,6 +213,7 @@ fn fresh(args: &TrainArgs) -> Result<TrainConfig> {
             synthetic_train: args.synthetic_train.unwrap_or(SYNTHETIC_TRAIN),
             synthetic_test: args.synthetic_test.unwrap_or(SYNTHETIC_TEST),
             synthetic_classes: args.synthetic_classes.unwrap_or(SYNTHETIC_CLASSES),
+            no_dropout: args.no_dropout,
         },
         adjustable: Adjustable {
             data_dir: args.data_dir.clone(),
@@ -261,6 +275,7 @@ pub fn resolve(
         args.synthetic_classes,
         &r.synthetic_classes,
     )?;
+    must("no-dropout", args.no_dropout.then_some(true), &r.no_dropout)?;
 
     let mut c = s.clone();
     let mut notes = Vec::new();

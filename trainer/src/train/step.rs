@@ -1,11 +1,13 @@
 //! One optimizer step: the training computation shared by `trainer train` and `trainer bench`.
 
-use anyhow::Result;
-use candle_core::Tensor;
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
 use circulant_model::{Mode, Model};
 
 use crate::cli::OptimizerKind;
 use crate::data::{derive_seed, Shape};
+use crate::dist::GradSync;
 use crate::eval;
 use crate::optim::{AdamW, Optimizer, Schedule, Sgd};
 use crate::train::settings::TrainConfig;
@@ -17,16 +19,29 @@ pub struct Trainer {
     schedule: Schedule,
     seed: u64,
     shape: Shape,
+    /// Train in evaluation mode: no dropout (networks without batch norm only).
+    no_dropout: bool,
+    /// Set in a data-parallel run: the gradient sums over the ranks.
+    dist: Option<Dist>,
+}
+
+struct Dist {
+    sync: GradSync,
+    /// The trainable parameters, in the order their gradients are summed.
+    params: Vec<Var>,
 }
 
 /// What one step computed.
 pub struct StepResult {
-    /// Mean cross-entropy of the batch; when it is not finite the weights were not updated.
+    /// Mean cross-entropy of the batch (over every rank); when it is not finite the weights were
+    /// not updated.
     pub loss: f64,
-    /// Correct top-1 predictions in the batch.
+    /// Correct top-1 predictions in the batch (over every rank).
     pub correct: u64,
     /// Learning rate of the step.
     pub lr: f64,
+    /// Samples of the batch (over every rank).
+    pub samples: u64,
 }
 
 impl Trainer {
@@ -34,6 +49,18 @@ impl Trainer {
     /// `steps_per_epoch` steps.
     pub fn new(model: Model, config: &TrainConfig, steps_per_epoch: u64) -> Result<Self> {
         let a = &config.adjustable;
+        if config.run.no_dropout
+            && model
+                .tensors()
+                .iter()
+                .any(|(n, _)| n.ends_with("running_mean"))
+        {
+            bail!(
+                "--no-dropout trains with the evaluation forward pass, which would freeze the \
+                 batch norm of {}",
+                config.run.network
+            );
+        }
         let optimizer: Box<dyn Optimizer> = match config.run.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(
                 model.trainable(),
@@ -58,12 +85,35 @@ impl Trainer {
             schedule,
             seed: config.run.seed,
             shape,
+            no_dropout: config.run.no_dropout,
+            dist: None,
         })
+    }
+
+    /// Makes the steps data-parallel: gradients are summed over the ranks of `sync`.
+    pub fn with_sync(mut self, sync: GradSync) -> Self {
+        let params = self.model.trainable().into_iter().map(|(_, v)| v).collect();
+        self.dist = Some(Dist { sync, params });
+        self
     }
 
     /// Learning rate at `global_step`.
     pub fn lr(&self, global_step: u64) -> f64 {
         self.schedule.lr(global_step)
+    }
+
+    /// The forward mode of step `global_step`. Rank 0 (and a one-process run) draws the
+    /// dropout masks of the step's seed; other ranks mix in their rank, so that their masks
+    /// differ.
+    fn mode(&self, global_step: u64) -> Mode {
+        if self.no_dropout {
+            return Mode::Eval;
+        }
+        let mut dropout_seed = derive_seed(self.seed, &[0xD0, global_step]);
+        if let Some(rank) = self.dist.as_ref().map(|d| d.sync.rank()).filter(|&r| r > 0) {
+            dropout_seed = derive_seed(dropout_seed, &[rank as u64]);
+        }
+        Mode::Train { dropout_seed }
     }
 
     /// Step number `global_step` (0-based) on a batch of normalised CHW images: forward,
@@ -74,30 +124,247 @@ impl Trainer {
         labels: &[u32],
         global_step: u64,
     ) -> Result<StepResult> {
+        self.step_part(images, labels, labels.len(), global_step)
+    }
+
+    /// Step `global_step` on this rank's part (`labels.len()` samples, possibly none) of a
+    /// global batch of `global_batch` samples. In a data-parallel run each rank weighs its mean
+    /// loss by its share of the batch, and the gradients are summed over the ranks: the update
+    /// is the one-process update on the whole batch.
+    pub fn step_part(
+        &mut self,
+        images: Vec<f32>,
+        labels: &[u32],
+        global_batch: usize,
+        global_step: u64,
+    ) -> Result<StepResult> {
         let n = labels.len();
-        let Shape { c, h, w } = self.shape;
-        let device = self.model.device().clone();
-        let x = Tensor::from_vec(images, (n, c, h, w), &device)?;
-        let y = Tensor::from_slice(labels, n, &device)?;
+        if self.dist.is_none() && n != global_batch {
+            bail!("internal error: a one-process step on {n} of {global_batch} samples");
+        }
+        if global_batch == 0 || n > global_batch {
+            bail!("internal error: a step on {n} of {global_batch} samples");
+        }
         let lr = self.lr(global_step);
-        let dropout_seed = derive_seed(self.seed, &[0xD0, global_step]);
-        let logits = self.model.forward(&x, Mode::Train { dropout_seed })?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let loss_value = loss.to_scalar::<f32>()? as f64;
-        if !loss_value.is_finite() {
+        let mode = self.mode(global_step);
+        let device = self.model.device().clone();
+        // Forward and backward on this rank's samples.
+        let mut local = None;
+        if n > 0 {
+            let Shape { c, h, w } = self.shape;
+            let x = Tensor::from_vec(images, (n, c, h, w), &device)?;
+            let y = Tensor::from_slice(labels, n, &device)?;
+            let logits = self.model.forward(&x, mode)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            local = Some((logits, loss));
+        }
+        let Some(dist) = &mut self.dist else {
+            let Some((logits, loss)) = local else {
+                bail!("internal error: an empty one-process step");
+            };
+            let loss_value = loss.to_scalar::<f32>()? as f64;
+            if !loss_value.is_finite() {
+                return Ok(StepResult {
+                    loss: loss_value,
+                    correct: 0,
+                    lr,
+                    samples: n as u64,
+                });
+            }
+            let grads = loss.backward()?;
+            self.optimizer.step(&grads, lr)?;
+            let (_, correct, _) = eval::score(&eval::host_logits(&logits)?, labels)?;
             return Ok(StepResult {
                 loss: loss_value,
-                correct: 0,
+                correct,
                 lr,
+                samples: n as u64,
             });
+        };
+        // Data-parallel: gradients of (n / global_batch) × mean loss, and the statistics of the
+        // step (loss sum, correct, samples), summed over the ranks in one go.
+        let mut tensors = Vec::with_capacity(dist.params.len() + 1);
+        let (mut loss_sum, mut correct) = (0.0, 0);
+        match &local {
+            Some((logits, loss)) => {
+                loss_sum = loss.to_scalar::<f32>()? as f64 * n as f64;
+                correct = eval::score(&eval::host_logits(logits)?, labels)?.1;
+                let grads = (loss * (n as f64 / global_batch as f64))?.backward()?;
+                for p in &dist.params {
+                    tensors.push(match grads.get(p.as_tensor()) {
+                        Some(g) => g.clone(),
+                        None => p.as_tensor().zeros_like()?,
+                    });
+                }
+            }
+            None => {
+                for p in &dist.params {
+                    tensors.push(p.as_tensor().zeros_like()?);
+                }
+            }
         }
-        let grads = loss.backward()?;
-        self.optimizer.step(&grads, lr)?;
-        let (_, correct, _) = eval::score(&eval::host_logits(&logits)?, labels)?;
-        Ok(StepResult {
-            loss: loss_value,
-            correct,
+        let stats = [loss_sum as f32, correct as f32, n as f32];
+        tensors.push(Tensor::new(&stats, &device)?);
+        let mut summed = dist.sync.sum(&tensors)?;
+        let stats: Vec<f32> = match summed.pop() {
+            Some(t) => t.to_vec1()?,
+            None => bail!("internal error: no step statistics"),
+        };
+        let samples = stats[2].round() as u64;
+        if samples != global_batch as u64 {
+            bail!(
+                "the ranks trained on {samples} samples in step {global_step}, not {global_batch}: \
+                 are they running the same command on the same data?"
+            );
+        }
+        let loss = stats[0] as f64 / samples as f64;
+        let step = StepResult {
+            loss,
+            correct: stats[1].round() as u64,
             lr,
-        })
+            samples,
+        };
+        if !loss.is_finite() {
+            return Ok(step);
+        }
+        let mut grads = GradStore::default();
+        for (p, g) in dist.params.iter().zip(summed) {
+            grads.insert(p.as_tensor(), g);
+        }
+        self.optimizer.step(&grads, lr)?;
+        Ok(step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{DatasetKind, TrainArgs};
+    use crate::dist::reduce::testing::thread_group;
+    use crate::dist::reduce::Collective;
+    use crate::dist::shard::EpochShard;
+    use crate::train::settings;
+    use circulant_model::{ModelConfig, Network};
+
+    const SAMPLES: usize = 52;
+    const D: usize = 28 * 28;
+
+    /// Deterministic images and labels.
+    fn data() -> (Vec<f32>, Vec<u32>) {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let images = (0..SAMPLES * D).map(|_| next() - 0.5).collect();
+        let labels = (0..SAMPLES).map(|_| (next() * 10.0) as u32 % 10).collect();
+        (images, labels)
+    }
+
+    fn trainer(optimizer: &str) -> Trainer {
+        let args = TrainArgs {
+            dataset: Some(DatasetKind::Synthetic),
+            model: Some(Network::Mlp),
+            optimizer: Some(match optimizer {
+                "sgd" => OptimizerKind::Sgd,
+                _ => OptimizerKind::Adamw,
+            }),
+            lr: Some(if optimizer == "sgd" { 0.05 } else { 1e-3 }),
+            no_dropout: true,
+            ..Default::default()
+        };
+        let (config, _) = settings::resolve(&args, None).unwrap();
+        let mc = ModelConfig::new(Network::Mlp, config.run.head, 10, 3);
+        let model = Model::new(mc, &candle_core::Device::Cpu).unwrap();
+        Trainer::new(model, &config, 10).unwrap()
+    }
+
+    /// The weights after an epoch of `world` ranks × `batch`, in-process ranks as threads.
+    fn train(world: usize, batch: usize, optimizer: &'static str) -> Vec<Vec<f32>> {
+        let runs: Vec<_> = thread_group(world)
+            .into_iter()
+            .map(|comm| {
+                std::thread::spawn(move || {
+                    let (images, labels) = data();
+                    let rank = comm.rank();
+                    let mut t = trainer(optimizer).with_sync(GradSync::new(Box::new(comm)));
+                    let shard = EpochShard::new(SAMPLES, batch, world, rank, 0, 0).unwrap();
+                    for k in 0..shard.steps() {
+                        let part = shard.rank_range(k);
+                        let x = images[part.start * D..part.end * D].to_vec();
+                        let g = shard.global_range(k).len();
+                        let r = t.step_part(x, &labels[part], g, k as u64).unwrap();
+                        assert!(r.loss.is_finite() && r.samples == g as u64);
+                    }
+                    weights(&t)
+                })
+            })
+            .collect();
+        let mut out: Vec<_> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+        for w in &out[1..] {
+            assert_eq!(*w, out[0], "the ranks' weights differ");
+        }
+        out.swap_remove(0)
+    }
+
+    fn weights(t: &Trainer) -> Vec<Vec<f32>> {
+        t.model
+            .trainable()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Ranks × per-rank batch give the weights of one process with the whole batch, also over
+    /// an uneven last batch (52 = 3 × 16 + 4: 3 ranks of 16, then 2 + 1 + 1, or 4 ranks of 4
+    /// then 1 + 1 + 1 + 1, or 5 ranks of 5 and a last batch of 2 + 0 + 0 + ...).
+    #[test]
+    fn ranks_together_take_the_one_process_step() {
+        for optimizer in ["sgd", "adamw"] {
+            for (world, batch) in [(2, 8), (3, 16), (4, 4), (5, 5)] {
+                let one = {
+                    let (images, labels) = data();
+                    let mut t = trainer(optimizer);
+                    let g = world * batch;
+                    for (k, (x, y)) in images.chunks(g * D).zip(labels.chunks(g)).enumerate() {
+                        t.step(x.to_vec(), y, k as u64).unwrap();
+                    }
+                    weights(&t)
+                };
+                let many = train(world, batch, optimizer);
+                let diff = max_diff(&one, &many);
+                assert!(
+                    diff < 1e-5,
+                    "{optimizer}, {world} x {batch}: weights differ by {diff}"
+                );
+                assert!(
+                    max_diff(&one, &weights(&trainer(optimizer))) > 1e-3,
+                    "no training"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_dropout_is_refused_with_batch_norm() {
+        let args = TrainArgs {
+            dataset: Some(DatasetKind::Synthetic),
+            model: Some(Network::CifarCnn),
+            no_dropout: true,
+            ..Default::default()
+        };
+        let (config, _) = settings::resolve(&args, None).unwrap();
+        let mc = ModelConfig::new(Network::CifarCnn, config.run.head, 10, 3);
+        let model = Model::new(mc, &candle_core::Device::Cpu).unwrap();
+        let e = Trainer::new(model, &config, 1).err().unwrap().to_string();
+        assert!(e.contains("batch norm"), "{e}");
     }
 }

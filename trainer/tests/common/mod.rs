@@ -8,12 +8,16 @@ use std::process::{Command, Output};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-/// The binary, with a fixed thread count so that runs are comparable bit for bit.
+/// The binary, with a fixed thread count so that runs are comparable bit for bit, and as one
+/// process even under a launcher that set WORLD_SIZE, RANK and LOCAL_RANK.
 pub fn trainer() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
     c.env("RAYON_NUM_THREADS", "1")
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("TRAINER_PLOT_FONT");
+    for v in ["WORLD_SIZE", "RANK", "LOCAL_RANK"] {
+        c.env_remove(v);
+    }
     c
 }
 
