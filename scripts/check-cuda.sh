@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Compile (clippy, warnings denied) the whole workspace with `--features cuda` on a machine
-# without a GPU: prepares the pinned CUDA 13.0 toolkit and keeps it, plus a target directory,
-# in a cache directory outside the checkout so that later runs only rebuild what changed.
+# Compile (clippy, warnings denied) the whole workspace with `--features cuda`, and the trainer
+# with `--features nccl` (data-parallel training), on a machine without a GPU: prepares the
+# pinned CUDA 13.0 toolkit and NCCL and keeps them, plus a target directory, in a cache
+# directory outside the checkout so that later runs only rebuild what changed.
 #
 #   scripts/check-cuda.sh [CACHE]   # CACHE defaults to ${CIRCULANT_CACHE:-$HOME/.cache/circulant}
 #   CHECK_CUDA_CMD=check scripts/check-cuda.sh   # `cargo check` instead of clippy
@@ -26,8 +27,12 @@ export CARGO_TARGET_DIR=$CACHE/target-cuda
 
 cd "$ROOT"
 case ${CHECK_CUDA_CMD:-clippy} in
-  clippy) cargo clippy --workspace --all-targets --features cuda -- -D warnings ;;
-  check) cargo check --workspace --all-targets --features cuda ;;
+  clippy)
+    cargo clippy --workspace --all-targets --features cuda -- -D warnings
+    cargo clippy -p trainer --all-targets --features nccl -- -D warnings ;;
+  check)
+    cargo check --workspace --all-targets --features cuda
+    cargo check -p trainer --all-targets --features nccl ;;
   *) echo "check-cuda: CHECK_CUDA_CMD must be clippy or check" >&2; exit 2 ;;
 esac
 echo "check-cuda: done in $((SECONDS - t0)) s"

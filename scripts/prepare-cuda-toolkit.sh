@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare a CUDA 13.0 toolkit from PyPI wheels on a machine with no GPU and no CUDA install, so
 # that `cargo build --features cuda` (candle-core 0.11 + cudarc 0.19 with cufft) compiles and
-# links. The binaries it builds run on a machine with an NVIDIA driver >= 580 (CUDA 13.0).
+# links, and `--features nccl` (the trainer's data-parallel training) too, with NCCL 2.27.7
+# (its libnccl.so.2 reports "2.27.7+cuda13.0"). The binaries it builds run on a machine with an
+# NVIDIA driver >= 580 (CUDA 13.0).
 #
 #   scripts/prepare-cuda-toolkit.sh DIR   # installs into DIR (reused when already there)
 #   source DIR/env.sh                     # then: cargo build --release --features cuda
@@ -10,7 +12,10 @@
 # - every wheel is pinned to 13.0 and installed with --no-deps: nvidia-cuda-nvcc's unpinned
 #   dependency nvidia-nvvm otherwise pulls a newer cicc that emits PTX ISA 9.5, which the 13.0
 #   ptxas rejects and a 580 driver cannot load;
-# - the wheels ship only versioned libraries (libcublas.so.13): the link needs libX.so names;
+# - the wheels ship only versioned libraries (libcublas.so.13, libnccl.so.2): the link needs
+#   libX.so names;
+# - nvidia-nccl-cu13 goes into its own --target folder (site-nccl): pip --target into a folder
+#   that already holds an nvidia/ package skips it (or, with --upgrade, replaces all of nvidia/);
 # - no wheel ships libcuda.so (it comes with the driver): a link-time stub with soname
 #   libcuda.so.1 is generated from cuda.h. Never copy the stub to the GPU machine. Its functions
 #   return CUDA_ERROR_STUB_LIBRARY (34), so a binary that loads it (LD_LIBRARY_PATH=DIR/cuda/lib:
@@ -24,16 +29,18 @@
 #   is the target of kernels-cuda's PTX.
 # On the GPU machine: export LD_LIBRARY_PATH=<site-packages>/nvidia/cu13/lib (PyTorch's wheels
 # carry libcublas.so.13, libcufft.so.12, libcurand.so.10, libcudart.so.13); libcuda.so.1 comes
-# from the driver (scripts/gpu-run.sh does this).
+# from the driver (scripts/gpu-run.sh does this). libnccl.so.2 comes from the nvidia-nccl-cu13
+# wheel PyTorch installs (nvidia/nccl/lib, also found by gpu-run.sh).
 #
 # The toolkit is about 1 GiB; the link tree and env.sh are regenerated only when missing, so
 # concurrent builds that share DIR never see it half-written after the first run.
 set -euo pipefail
 DIR=$(mkdir -p "${1:?usage: prepare-cuda-toolkit.sh DIR}" && cd "$1" && pwd)
 SITE=$DIR/site TK=$DIR/site/nvidia/cu13 C=$DIR/cuda
-STAMP=$DIR/.ready-13.0.88-stub34
+NCCL=$DIR/site-nccl/nvidia/nccl NCCL_VERSION=2.27.7
+STAMP=$DIR/.ready-13.0.88-stub34-nccl$NCCL_VERSION
 
-if [[ -f $STAMP && -x $C/bin/nvcc && -f $C/lib/stubs/libcuda.so && -f $DIR/env.sh ]]; then
+if [[ -f $STAMP && -x $C/bin/nvcc && -f $C/lib/stubs/libcuda.so && -e $C/lib/libnccl.so && -f $DIR/env.sh ]]; then
   echo "CUDA 13.0 toolkit ready: source $DIR/env.sh"
   exit 0
 fi
@@ -44,6 +51,10 @@ if [[ ! -x $TK/bin/nvcc || ! -x $TK/nvvm/bin/cicc ]]; then
     nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.1.0.3 \
     nvidia-curand==10.4.0.35 nvidia-cufft==12.0.0.61 nvidia-cuda-nvrtc==13.0.88
 fi
+if [[ ! -f $NCCL/lib/libnccl.so.2 ]]; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$DIR/site-nccl" nvidia-nccl-cu13==$NCCL_VERSION
+fi
 
 # A CUDA root made of links, with unversioned library names and the libcuda stub; built aside
 # and moved into place so that a concurrent build never sees it half-written.
@@ -52,7 +63,7 @@ rm -rf "$T"; mkdir -p "$T/bin" "$T/lib/stubs"
 ln -s "$TK"/bin/* "$T/bin/"
 ln -s "$TK/include" "$T/include"
 ln -s "$TK/nvvm" "$T/nvvm"
-for f in "$TK"/lib/lib*.so.*; do
+for f in "$TK"/lib/lib*.so.* "$NCCL"/lib/libnccl.so.*; do
   b=$(basename "$f"); ln -sf "$f" "$T/lib/$b"; ln -sf "$f" "$T/lib/${b%%.so.*}.so"
 done
 { gcc -E -P -D__CUDA_API_VERSION_INTERNAL -x c "$T/include/cuda.h"
