@@ -6,9 +6,12 @@
 #
 # OUT/bin.tar.xz holds stripped release binaries: bench_cuda (circulant vs cuBLAS dense
 # table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_kernels (kernels-cuda/tests/kernels.rs),
-# cuda_training (tests/tests/cuda_training.rs) and trainer (built with --features cuda).
+# cuda_training (tests/tests/cuda_training.rs), trainer (built with --features nccl: CUDA and
+# data-parallel training), trainer_unit (the trainer's unit tests, with the NCCL all-reduce test)
+# and nccl_training (trainer/tests/nccl.rs: 2 ranks vs 1, run with TRAINER_BIN=bin/trainer).
 # They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
-# NVRTC, cudart) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch wheel's copies.
+# NVRTC, cudart, NCCL) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch wheel's
+# copies.
 # Toolkit and build cache as in scripts/check-cuda.sh (CIRCULANT_CACHE).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,8 +30,8 @@ cd "$ROOT"
 cargo build --release --features cuda,kernels-cuda/cuda -p circulant-kernels --example bench_cuda
 cp "$CARGO_TARGET_DIR/release/examples/bench_cuda" "$OUT/bin/bench_cuda"
 
-# The trainer, for training runs on the card (scripts/gpu-cifar.sh).
-cargo build --release --features cuda -p trainer
+# The trainer, for training runs on the card (scripts/gpu-cifar.sh) and the NCCL tests.
+cargo build --release --features nccl -p trainer
 cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer"
 
 # Test executables: cargo prints their paths as JSON artifacts.
@@ -50,6 +53,27 @@ for line in sys.stdin:
 missing = set(names.values()) - found
 if missing:
     sys.exit("gpu-bench: test executables not built: " + ", ".join(sorted(missing)))
+' "$OUT/bin"
+
+# The trainer's tests that need NCCL and a GPU.
+cargo test --release --features nccl -p trainer --bin trainer --test nccl --no-run \
+  --message-format=json-render-diagnostics |
+  python3 -c '
+import json, shutil, sys
+found = set()
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable") or not msg["profile"]["test"]:
+        continue
+    name = {"trainer": "trainer_unit", "nccl": "nccl_training"}.get(msg["target"]["name"])
+    if name:
+        shutil.copy(msg["executable"], sys.argv[1] + "/" + name)
+        found.add(name)
+if found != {"trainer_unit", "nccl_training"}:
+    sys.exit("gpu-bench: trainer test executables not built: " + ", ".join(sorted(found)))
 ' "$OUT/bin"
 
 strip "$OUT"/bin/*

@@ -58,7 +58,7 @@ if [[ ! -d $BIN && -z ${1:-} && -f $PACK ]]; then
 fi
 
 status=0
-for b in cuda_ops cuda_kernels cuda_training bench_cuda; do
+for b in cuda_ops cuda_kernels cuda_training trainer_unit nccl_training bench_cuda; do
   if [[ ! -x $BIN/$b ]]; then
     echo "gpu-run: $BIN/$b missing: run scripts/gpu-bench.sh first and carry its folder" >&2
     exit 2
@@ -75,6 +75,20 @@ for t in cuda_ops cuda_kernels cuda_training; do
   timeout 300 "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
   if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then
     echo "gpu-run: $t skipped its tests: no usable CUDA device on this machine" >&2
+    status=1
+  fi
+done
+# Data-parallel training: the 1-rank NCCL all-reduce, then 2 ranks vs 1 through bin/trainer
+# (two ranks on one GPU need NCCL >= 2.30; the test sets NCCL_MULTI_RANK_GPU_ENABLE=1).
+echo "== trainer_unit dist::nccl"
+timeout 120 "$BIN/trainer_unit" dist::nccl --test-threads=1 --nocapture 2>&1 |
+  tee "$RESULTS/trainer_nccl.log" || status=1
+echo "== nccl_training"
+TRAINER_BIN=$BIN/trainer timeout 300 "$BIN/nccl_training" --test-threads=1 --nocapture 2>&1 |
+  tee "$RESULTS/nccl_training.log" || status=1
+for t in trainer_nccl nccl_training; do
+  if ! grep -q "test result: ok. [1-9]" "$RESULTS/$t.log"; then
+    echo "gpu-run: $t ran no test or failed" >&2
     status=1
   fi
 done
