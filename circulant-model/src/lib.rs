@@ -36,5 +36,5 @@ pub use error::{Error, Result};
 pub use hub::HubRef;
 pub use linear::{CirculantLinear, CirculantMode, DenseLinear, FcLayer};
 pub use model::{EvalCache, Mode, Model};
-pub use pool::max_pool2d;
+pub use pool::{max_pool2d, max_pool2d_relu};
 pub use report::{LayerParams, ParamReport};

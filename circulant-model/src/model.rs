@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::linear::{CirculantLinear, CirculantMode, DenseLinear, FcLayer};
 use crate::networks::{layer_specs, LayerSpec};
-use crate::pool::max_pool2d;
+use crate::pool::{max_pool2d, max_pool2d_relu};
 use crate::report::{LayerParams, ParamReport};
 
 /// Forward-pass mode.
@@ -116,13 +116,32 @@ impl Model {
         let train = matches!(mode, Mode::Train { .. });
         let mut h = x.clone();
         let mut dropout_index = 0;
+        // A ReLU next to a max pool or after a convolution runs inside that layer's op.
+        let mut fused_relu = false;
         for (i, layer) in self.layers.iter().enumerate() {
+            if std::mem::take(&mut fused_relu) {
+                continue;
+            }
+            let next_is_relu = matches!(self.layers.get(i + 1), Some(Layer::Relu));
             let spectra = cache.and_then(|c| c.spectra.get(i)?.as_ref());
             h = match layer {
-                Layer::Conv { conv, .. } => conv.forward(&h)?,
+                Layer::Conv { conv, .. } => {
+                    fused_relu = next_is_relu;
+                    conv.forward_impl(&h, next_is_relu)?
+                }
                 Layer::BatchNorm { bn, .. } => bn.forward(&h, train)?,
+                Layer::MaxPool { k, stride } if next_is_relu => {
+                    fused_relu = true;
+                    max_pool2d_relu(&h, *k, *stride)?
+                }
                 Layer::MaxPool { k, stride } => max_pool2d(&h, *k, *stride)?,
-                Layer::Relu => h.relu()?,
+                Layer::Relu => match self.layers.get(i + 1) {
+                    Some(Layer::MaxPool { k, stride }) => {
+                        fused_relu = true;
+                        max_pool2d_relu(&h, *k, *stride)?
+                    }
+                    _ => h.relu()?,
+                },
                 Layer::Dropout { p } => match mode {
                     Mode::Eval => h,
                     Mode::Train { dropout_seed } => {
