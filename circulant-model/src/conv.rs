@@ -195,15 +195,22 @@ impl Geometry {
                             continue;
                         };
                         let src = &img[(c * self.h + iy) * self.w..][..self.w];
-                        dst[..valid.start].fill(0.0);
-                        dst[valid.end..].fill(0.0);
+                        // Rows are short (often < 16 values): plain loops, no memset/memcpy calls.
+                        for d in &mut dst[..valid.start] {
+                            *d = 0.0;
+                        }
+                        for d in &mut dst[valid.end..] {
+                            *d = 0.0;
+                        }
                         let dst = &mut dst[valid.clone()];
                         if dst.is_empty() {
                             continue;
                         }
                         let x0 = valid.start * s + kx - self.padding;
                         if s == 1 {
-                            dst.copy_from_slice(&src[x0..x0 + dst.len()]);
+                            for (d, &v) in dst.iter_mut().zip(&src[x0..]) {
+                                *d = v;
+                            }
                         } else {
                             for (i, d) in dst.iter_mut().enumerate() {
                                 *d = src[x0 + i * s];

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use circulant_kernels::WeightSpectra;
 
@@ -116,7 +116,7 @@ impl Model {
         let train = matches!(mode, Mode::Train { .. });
         let mut h = x.clone();
         let mut dropout_index = 0;
-        // A ReLU next to a max pool or after a convolution runs inside that layer's op.
+        // A ReLU next to a max pool or after a convolution or FC layer runs inside that layer.
         let mut fused_relu = false;
         for (i, layer) in self.layers.iter().enumerate() {
             if std::mem::take(&mut fused_relu) {
@@ -151,10 +151,20 @@ impl Model {
                     }
                 },
                 Layer::Flatten => h.flatten_from(1)?,
-                Layer::Fc { fc, .. } => match (fc, spectra) {
-                    (FcLayer::Circulant(c), Some(s)) => c.forward_with_spectra(&h, s)?,
-                    _ => fc.forward(&h)?,
-                },
+                Layer::Fc { fc, .. } => {
+                    fused_relu = next_is_relu;
+                    match (fc, spectra) {
+                        (FcLayer::Circulant(c), Some(s)) => {
+                            let y = c.forward_with_spectra(&h, s)?;
+                            if next_is_relu {
+                                y.relu()?
+                            } else {
+                                y
+                            }
+                        }
+                        _ => fc.forward_impl(&h, next_is_relu)?,
+                    }
+                }
             };
         }
         Ok(h)
