@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Whole-network throughput, ours (`trainer bench`) vs PyTorch (`bench/torch_train.py`).
 #
-# For each case (mnist-cnn batch 64, cifar-cnn batch 128, alexnet batch 1 and 32) and head
+# For each case (mnist-cnn batch 1 and 64, cifar-cnn batch 128, alexnet batch 1 and 32) and head
 # (dense, circulant) it runs both benchmarks back to back, alternating which goes first, then
 # writes docs/bench/nets-<date>-<device>[-bf16].json (raw numbers, one object per case) and the
 # markdown table nets-<date>-<device>[-bf16].md generated from it by bench/nets_table.py.
 #
 # usage: scripts/bench-nets.sh [--device cpu|cuda] [--precision f32|bf16] [--python PATH]
 #            [--steps N] [--warmup-steps N] [--threads T] [--out DIR] [--trainer PATH]
-#            [--cases mnist-cnn:64,cifar-cnn:128,alexnet:1,alexnet:32] [--heads dense,circulant]
+#            [--cases mnist-cnn:1,mnist-cnn:64,cifar-cnn:128,alexnet:1,alexnet:32] [--heads dense,circulant]
 #
 #   --python        python with torch (default: $PYTHON or python3), e.g. /work/venv-torch/bin/python
 #   --steps         measured steps per run (train and infer each) for every case; default per case
-#                   (cpu: mnist-cnn 30, cifar-cnn 10, alexnet batch 1 20, batch 32 5; cuda: 50)
+#                   (cpu: mnist-cnn batch 1 100, batch 64 30, cifar-cnn 10, alexnet batch 1 20,
+#                   batch 32 5; cuda: 50)
 #   --warmup-steps  PyTorch's unmeasured steps before each measurement (default: torch_train.py's, 3)
 #   --threads       CPU threads of both (ours: RAYON_NUM_THREADS, PyTorch: --threads); default nproc
 #   --trainer       the trainer binary (default target/release/trainer)
@@ -30,7 +31,7 @@ WARMUP=""
 THREADS=""
 OUT="$ROOT/docs/bench"
 TRAINER="$ROOT/target/release/trainer"
-CASES="mnist-cnn:64,cifar-cnn:128,alexnet:1,alexnet:32"
+CASES="mnist-cnn:1,mnist-cnn:64,cifar-cnn:128,alexnet:1,alexnet:32"
 HEADS="dense,circulant"
 
 die() { echo "bench-nets: error: $*" >&2; exit 2; }
@@ -85,6 +86,7 @@ RAW="$RAWDIR/raw.jsonl"
 default_steps() { # network batch
     if [[ $DEVICE == cuda ]]; then echo 50; return; fi
     case "$1:$2" in
+        mnist-cnn:1|mlp:1) echo 100 ;;
         mnist-cnn:*|mlp:*) echo 30 ;;
         cifar-cnn:*) echo 10 ;;
         alexnet:1) echo 20 ;;

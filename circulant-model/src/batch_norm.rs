@@ -4,9 +4,7 @@
 //! single passes over per-channel planes); candle's broadcast ops would reduce the gradients of
 //! the per-channel operands with a slow strided reduction.
 
-use std::sync::{Arc, Mutex};
-
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::cpu::{f32_slice, use_cpu_op};
@@ -118,24 +116,20 @@ impl BatchNorm2d {
             });
         }
         let (y, mean, var) = if use_cpu_op(x) {
-            let stats = Arc::new(Mutex::new(None));
+            let x = x.contiguous()?;
+            let stats = x.apply_op1_no_bwd(&BnStats)?;
+            let host = stats.to_vec2::<f32>()?;
             let op = BnTrain {
                 eps: self.eps,
-                stats: stats.clone(),
+                mean: host[0].clone(),
+                var: host[1].clone(),
             };
-            let y = x.contiguous()?.apply_op3(
+            let y = x.apply_op3(
                 &self.weight.as_tensor().contiguous()?,
                 &self.bias.as_tensor().contiguous()?,
                 op,
             )?;
-            // Cloned, not taken: the op keeps them for its backward pass.
-            let stats = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let Some(stats) = stats else {
-                return Err(Error::InvalidConfig("batch norm: no statistics".into()));
-            };
-            let mean = Tensor::from_vec(stats.mean, c, x.device())?;
-            let var = Tensor::from_vec(stats.var, c, x.device())?;
-            (y, mean, var)
+            (y, stats.get(0)?, stats.get(1)?)
         } else {
             self.train_tensor_ops(x)?
         };
@@ -166,14 +160,6 @@ impl BatchNorm2d {
             .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
         Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
     }
-}
-
-/// Per-channel batch statistics of one train-mode forward pass.
-#[derive(Clone, Debug)]
-struct Stats {
-    mean: Vec<f32>,
-    /// Biased variance.
-    var: Vec<f32>,
 }
 
 /// Geometry `(N, C, H*W)` of a batch-norm input.
@@ -224,19 +210,39 @@ fn channel_sums(
     (s1, s2)
 }
 
-/// `(x, weight, bias) -> y` with batch statistics; the statistics are left in `stats`.
-struct BnTrain {
-    eps: f64,
-    stats: Arc<Mutex<Option<Stats>>>,
+/// `x -> (2, C)`: the per-channel batch mean (row 0) and biased variance (row 1).
+struct BnStats;
+
+impl CustomOp1 for BnStats {
+    fn name(&self) -> &'static str {
+        "batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let g @ (n, c, hw) = geometry(l)?;
+        let count = (n * hw) as f64;
+        // Shifted by the channel's first value for a stable one-pass variance.
+        let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let shift = x[ch * hw];
+                let (s, ss) = channel_sums(x, None, g, ch, shift);
+                let m = s / count;
+                let var = (ss / count - m * m).max(0.0);
+                ((f64::from(shift) + m) as f32, var as f32)
+            })
+            .unzip();
+        Ok((CpuStorage::F32([mean, var].concat()), (2, c).into()))
+    }
 }
 
-impl BnTrain {
-    fn stats(&self) -> candle_core::Result<Stats> {
-        match &*self.stats.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(s) => Ok(s.clone()),
-            None => candle_core::bail!("batch norm backward before forward"),
-        }
-    }
+/// `(x, weight, bias) -> y` normalised with the batch statistics `mean`, `var` (from
+/// [`BnStats`]).
+struct BnTrain {
+    eps: f64,
+    mean: Vec<f32>,
+    var: Vec<f32>,
 }
 
 impl CustomOp3 for BnTrain {
@@ -255,19 +261,11 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1)?;
         let (gamma, beta) = (f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let g @ (n, c, hw) = geometry(l1)?;
-        let count = (n * hw) as f64;
-        // Shifted by the channel's first value for a stable one-pass variance.
-        let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let shift = x[ch * hw];
-                let (s, ss) = channel_sums(x, None, g, ch, shift);
-                let m = s / count;
-                let var = (ss / count - m * m).max(0.0);
-                ((f64::from(shift) + m) as f32, var as f32)
-            })
-            .unzip();
+        let (_, c, hw) = geometry(l1)?;
+        let (mean, var) = (&self.mean, &self.var);
+        if mean.len() != c || gamma.len() != c || beta.len() != c {
+            candle_core::bail!("batch norm: {c} channels, statistics for {}", mean.len())
+        }
         let scale: Vec<f32> = (0..c)
             .map(|ch| (f64::from(gamma[ch]) / (f64::from(var[ch]) + self.eps).sqrt()) as f32)
             .collect();
@@ -282,7 +280,6 @@ impl CustomOp3 for BnTrain {
                     *o = (v - m) * a + b;
                 }
             });
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(Stats { mean, var });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -294,41 +291,31 @@ impl CustomOp3 for BnTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self.stats()?;
-        let sums = Arc::new(Mutex::new(None));
         let op = BnBwd {
             eps: self.eps,
-            mean: stats.mean,
-            var: stats.var,
+            mean: self.mean.clone(),
+            var: self.var.clone(),
             gamma: gamma.detach().to_vec1::<f32>()?,
-            sums: sums.clone(),
         };
-        let dx = x
+        let packed = x
             .detach()
             .contiguous()?
             .apply_op2_no_bwd(&grad.detach().contiguous()?, &op)?;
-        let Some((dgamma, dbeta)) = sums.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            candle_core::bail!("batch norm backward: no parameter gradients")
-        };
-        let c = dgamma.len();
+        let (len, c) = (x.elem_count(), self.mean.len());
         Ok((
-            Some(dx),
-            Some(Tensor::from_vec(dgamma, c, x.device())?),
-            Some(Tensor::from_vec(dbeta, c, x.device())?),
+            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
+            Some(packed.narrow(0, len, c)?),
+            Some(packed.narrow(0, len + c, c)?),
         ))
     }
 }
 
-/// `(dweight, dbias)` of a batch-norm backward pass.
-type ParamGrads = (Vec<f32>, Vec<f32>);
-
-/// `(x, dy) -> dx`; the weight and bias gradients are left in `sums`.
+/// `(x, dy) -> [dx, dweight, dbias]`, packed in one vector.
 struct BnBwd {
     eps: f64,
     mean: Vec<f32>,
     var: Vec<f32>,
     gamma: Vec<f32>,
-    sums: Arc<Mutex<Option<ParamGrads>>>,
 }
 
 impl CustomOp2 for BnBwd {
@@ -364,7 +351,9 @@ impl CustomOp2 for BnBwd {
             })
             .unzip();
         // dx = gamma · inv_std · (dy - dbeta / M - x̂ · dgamma / M).
-        let mut dx = vec![0f32; x.len()];
+        // Room for the two parameter gradients packed after dx.
+        let mut dx = Vec::with_capacity(x.len() + 2 * c);
+        dx.resize(x.len(), 0f32);
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
             .enumerate()
@@ -378,10 +367,9 @@ impl CustomOp2 for BnBwd {
                     *o = k * (gv - b - (xv - m) * a);
                 }
             });
-        let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        *self.sums.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((to_f32(dgamma), to_f32(dbeta)));
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        dx.extend(dgamma.iter().chain(&dbeta).map(|&v| v as f32));
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), len.into()))
     }
 }
 
@@ -452,6 +440,52 @@ mod tests {
     }
 
     /// The fused CPU op and the candle-ops version agree, forward and gradients.
+    /// The batch statistics of both paths (the CPU op's and the tensor ops' that other devices
+    /// run) against a float64 loop, including a constant channel (variance 0).
+    #[test]
+    fn batch_statistics_match_float64_reference() {
+        let dev = Device::Cpu;
+        let mut rng = StdRng::seed_from_u64(4);
+        let (n, c, h, w) = (3, 3, 5, 7);
+        let mut vals: Vec<f32> = (0..n * c * h * w)
+            .map(|_| rng.random_range(-1.0..1.0) + 5.0)
+            .collect();
+        for b in 0..n {
+            vals[(b * c + 1) * h * w..][..h * w].fill(2.5);
+        }
+        let x = Tensor::from_vec(vals.clone(), (n, c, h, w), &dev).unwrap();
+        let (mut want_mean, mut want_var) = (Vec::new(), Vec::new());
+        for ch in 0..c {
+            let xs: Vec<f64> = (0..n)
+                .flat_map(|b| {
+                    vals[(b * c + ch) * h * w..][..h * w]
+                        .iter()
+                        .map(|&v| v as f64)
+                })
+                .collect();
+            let m = xs.iter().sum::<f64>() / xs.len() as f64;
+            want_mean.push(m);
+            want_var.push(xs.iter().map(|v| (v - m).powi(2)).sum::<f64>() / xs.len() as f64);
+        }
+        let cpu = x
+            .apply_op1_no_bwd(&BnStats)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let (_, mean, var) = layer(c, &mut rng).train_tensor_ops(&x).unwrap();
+        for (path, got_mean, got_var) in [
+            ("cpu op", cpu[0].clone(), cpu[1].clone()),
+            ("tensor ops", host(&mean), host(&var)),
+        ] {
+            for ch in 0..c {
+                let (m, v) = (got_mean[ch] as f64, got_var[ch] as f64);
+                assert!((m - want_mean[ch]).abs() < 1e-5, "{path} mean {ch}: {m}");
+                assert!((v - want_var[ch]).abs() < 1e-5, "{path} var {ch}: {v}");
+            }
+            assert_eq!(got_var[1], 0.0, "{path}: the constant channel's variance");
+        }
+    }
+
     #[test]
     fn fused_matches_tensor_ops() {
         let dev = Device::Cpu;

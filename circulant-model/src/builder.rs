@@ -12,9 +12,12 @@ use crate::init::{rng_for, Init};
 pub(crate) enum Source {
     /// Initialise every tensor from `rng_for(seed, name)`.
     Init { seed: u64 },
-    /// Take every tensor from a map of named tensors (a loaded checkpoint, a train state):
-    /// f32, f16 or bf16 on any device, converted to f32 on the model's device.
+    /// Take every tensor from a map of named tensors (a train state, a caller's tensors): f32,
+    /// f16 or bf16 on any device, converted to f32 on the model's device and copied.
     Tensors(HashMap<String, Tensor>),
+    /// As `Tensors`, for tensors that belong to the model alone (read from a checkpoint file):
+    /// f32 variables on the model's device are taken as they are, without a copy.
+    Loaded(HashMap<String, Tensor>),
 }
 
 /// The tensors of a built model, by kind.
@@ -72,12 +75,13 @@ impl Builder {
                 "tensor `{name}` defined twice"
             )));
         }
+        let owned = matches!(self.source, Source::Loaded(_));
         match &mut self.source {
             Source::Init { seed } => {
                 let len = shape.iter().product();
                 Ok(Values::Host(init.sample(len, &mut rng_for(*seed, name))))
             }
-            Source::Tensors(map) => {
+            Source::Tensors(map) | Source::Loaded(map) => {
                 let t = map.remove(name).ok_or_else(|| Error::MissingTensor {
                     name: name.to_string(),
                 })?;
@@ -91,7 +95,7 @@ impl Builder {
                 }
                 let t = t.to_device(&self.device)?.to_dtype(DType::F32)?;
                 // Never share storage with a caller's variable.
-                Ok(Values::Tensor(t.detach()))
+                Ok(Values::Tensor(if owned { t } else { t.detach() }))
             }
         }
     }
@@ -99,7 +103,8 @@ impl Builder {
     fn var(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
         Ok(match self.values(name, shape, init)? {
             Values::Host(v) => Var::from_vec(v, shape, &self.device)?,
-            // `from_tensor` copies the storage of a tensor that is not a variable.
+            // `from_tensor` copies the storage of a tensor that is not a variable (a loaded f32
+            // variable is taken as it is).
             Values::Tensor(t) => Var::from_tensor(&t)?,
         })
     }
@@ -127,7 +132,7 @@ impl Builder {
     pub fn fixed(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let t = match self.values(name, shape, init)? {
             Values::Host(v) => Tensor::from_vec(v, shape, &self.device)?,
-            Values::Tensor(t) => t.copy()?,
+            Values::Tensor(t) => t.detach().copy()?,
         };
         self.store.fixed.insert(name.to_string(), t.clone());
         Ok(t)
@@ -135,7 +140,7 @@ impl Builder {
 
     /// Ends the build; when loading, rejects tensors of the file the model did not use.
     pub fn finish(self) -> Result<Store> {
-        if let Source::Tensors(map) = &self.source {
+        if let Source::Tensors(map) | Source::Loaded(map) = &self.source {
             // Every used name was removed from the map: what is left is unexpected.
             if let Some(extra) = map.keys().min() {
                 return Err(Error::UnexpectedTensor {

@@ -1,16 +1,16 @@
 //! Saving and loading models as single safetensors files (layout: docs/CHECKPOINT_FORMAT.md).
 //!
-//! Tensors are converted with candle's safetensors support; files hold f32 tensors by default,
+//! Tensors are written with candle's safetensors support; files hold f32 tensors by default,
 //! or f16 / bf16 ones for half-size files ([`SaveOptions::dtype`]). Loading accepts all three
-//! and computes in f32.
+//! and computes in f32: the file is memory-mapped and each tensor copied (or widened to f32)
+//! once, into the model's own variable.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::Load;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use safetensors::tensor::SafeTensors;
 
 use crate::builder::{check_dtype, Source};
@@ -268,8 +268,51 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> 
     Ok(out)
 }
 
-/// The tensors of parsed safetensors bytes, on `device` in their stored dtype (f32, f16 or
-/// bf16; any other dtype is an error naming the tensor).
+/// The values of a stored f32, f16 or bf16 tensor as f32, in one pass over its bytes
+/// (safetensors stores little-endian values).
+fn f32_values(data: &[u8], dtype: DType) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    use half::{bf16, f16};
+
+    if dtype == DType::F32 {
+        let len = data.len() / 4;
+        let mut values = Vec::<f32>::with_capacity(len);
+        // SAFETY: `values` has room for `len * 4` bytes, which do not overlap `data`; every bit
+        // pattern is an f32, and a byte copy needs no alignment of `data`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), values.as_mut_ptr().cast::<u8>(), len * 4);
+            values.set_len(len);
+        }
+        return values;
+    }
+    let mut values = vec![0f32; data.len() / 2];
+    // SAFETY: every bit pattern is a u16.
+    let (head, bits, _) = unsafe { data.align_to::<u16>() };
+    if cfg!(target_endian = "little") && head.is_empty() && bits.len() == values.len() {
+        // Vectorised where the CPU converts halves (F16C).
+        match dtype {
+            DType::F16 => bits
+                .reinterpret_cast::<f16>()
+                .convert_to_f32_slice(&mut values),
+            _ => bits
+                .reinterpret_cast::<bf16>()
+                .convert_to_f32_slice(&mut values),
+        }
+    } else {
+        for (v, b) in values.iter_mut().zip(data.chunks_exact(2)) {
+            let b = [b[0], b[1]];
+            *v = match dtype {
+                DType::F16 => f16::from_le_bytes(b).to_f32(),
+                _ => bf16::from_le_bytes(b).to_f32(),
+            };
+        }
+    }
+    values
+}
+
+/// The tensors of a parsed safetensors file (f32, f16 or bf16; any other dtype is an error
+/// naming the tensor), as f32 variables on `device`: each made by one copy (or one widening
+/// pass) of its bytes, for [`Source::Loaded`] to take without another copy.
 fn load_tensors(st: &SafeTensors<'_>, device: &Device) -> Result<HashMap<String, Tensor>> {
     st.tensors()
         .into_iter()
@@ -279,10 +322,46 @@ fn load_tensors(st: &SafeTensors<'_>, device: &Device) -> Result<HashMap<String,
                 found: format!("{:?}", view.dtype()),
             })?;
             check_dtype(&name, dtype)?;
-            let t = view.load(device)?;
-            Ok((name, t))
+            let values = f32_values(view.data(), dtype);
+            let var = Var::from_vec(values, view.shape(), device)?;
+            Ok((name, var.as_tensor().clone()))
         })
         .collect()
+}
+
+/// The bytes of a checkpoint file: memory-mapped when it is a non-empty regular file (the
+/// tensors are then copied once, from the page cache into the model), read otherwise.
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> Result<Self> {
+        let mapped = File::open(path).ok().and_then(|f| {
+            let meta = f.metadata().ok()?;
+            if !meta.is_file() || meta.len() == 0 {
+                return None;
+            }
+            // SAFETY: the map lives while the model is built from it. The file must not be
+            // truncated meanwhile; checkpoints are replaced by rename (`write_atomic`), which
+            // leaves an open file as it was.
+            unsafe { memmap2::Mmap::map(&f) }.ok()
+        });
+        Ok(match mapped {
+            Some(map) => Self::Mapped(map),
+            // Anything else (a pipe, a directory, a missing file) is read as before, with its
+            // error.
+            None => Self::Read(std::fs::read(path).map_err(io_err(path))?),
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Mapped(map) => map,
+            Self::Read(bytes) => bytes,
+        }
+    }
 }
 
 impl Model {
@@ -301,7 +380,9 @@ impl Model {
 
     /// Rebuilds a model from a checkpoint file alone (f32, f16 or bf16 tensors; the model
     /// computes in f32). Errors name the missing, misshapen or unexpected tensor; an unknown
-    /// network or a missing config is an error too.
+    /// network or a missing config is an error too. The file is memory-mapped while the model
+    /// is built: it must not be truncated meanwhile (replacing it by rename, as
+    /// [`write_atomic`] does, is safe).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Ok(Self::load_with_info(path, device)?.0)
     }
@@ -313,8 +394,9 @@ impl Model {
         device: &Device,
     ) -> Result<(Self, CheckpointInfo)> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
-        Self::from_safetensors_bytes_with_info(&bytes, device).map_err(|e| with_path(e, path))
+        let bytes = FileBytes::open(path)?;
+        Self::from_safetensors_bytes_with_info(bytes.bytes(), device)
+            .map_err(|e| with_path(e, path))
     }
 
     /// Rebuilds a model from the bytes of a checkpoint file.
@@ -330,7 +412,7 @@ impl Model {
         let st = SafeTensors::deserialize(bytes).map_err(st_err(Path::new("<memory>")))?;
         let info = CheckpointInfo::from_safetensors_bytes(bytes)?;
         let tensors = load_tensors(&st, device)?;
-        let model = Model::from_tensors(info.config.clone(), tensors, device)?;
+        let model = Model::build(info.config.clone(), Source::Loaded(tensors), device)?;
         Ok((model, info))
     }
 

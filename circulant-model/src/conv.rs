@@ -1,12 +1,9 @@
-//! 2-d convolution with a fast CPU backward pass.
+//! 2-d convolution: candle's `conv2d` on the GPU, an im2col + gemm custom op on the CPU.
 //!
-//! candle computes the input gradient of `conv2d` with `conv_transpose2d`, whose CPU kernel is a
-//! direct loop several times slower than the forward convolution. For stride 1 the input
-//! gradient is itself a convolution (of the output gradient with the spatially flipped,
-//! channel-transposed kernel), so on CPU (f32) this layer runs candle's `conv2d` plus the bias
-//! inside a custom op whose backward computes the input gradient with `conv2d` (skipped when the
-//! input needs none), the weight gradient as one matrix product with the im2col matrix of the
-//! input, and the bias gradient with a contiguous reduction.
+//! Why a custom CPU op: candle 0.11's CPU `conv2d` gathers its patches with scattered writes
+//! inside nested rayon loops, and its input gradient goes through `conv_transpose2d`, a direct
+//! loop; together they held most of a mnist-cnn training step (profile and before/after
+//! numbers: docs/bench/profile-2026-11-30-cpu.md).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
@@ -57,6 +54,11 @@ impl Conv2dLayer {
 
     /// `x: (N, c_in, H, W)` -> `(N, c_out, H', W')`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, false)
+    }
+
+    /// The forward pass, followed by a ReLU when `relu` (fused into the op on the CPU).
+    pub(crate) fn forward_impl(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
         let (c_out, wc_in, _, _) = self.weight.dims4()?;
         if c_in != wc_in {
@@ -69,6 +71,7 @@ impl Conv2dLayer {
             let op = Conv2dOp {
                 padding: self.padding,
                 stride: self.stride,
+                relu,
             };
             Ok(x.contiguous()?.apply_op3(
                 &self.weight.as_tensor().contiguous()?,
@@ -77,7 +80,8 @@ impl Conv2dLayer {
             )?)
         } else {
             let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-            Ok(y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?)
+            let y = y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?;
+            Ok(if relu { y.relu()? } else { y })
         }
     }
 }
@@ -90,10 +94,12 @@ impl Conv2dLayer {
 /// `(c_in·k·k, L)` patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias
 /// folded in; images are split over rayon's threads (or, for fewer images than threads, the
 /// product is). The backward pass recomputes the patch matrix, takes `dW += G·colsᵀ` and
-/// `dcols = Wᵀ·G` per image and scatters `dcols` back onto the input gradient.
+/// `dcols = Wᵀ·G` per image and scatters `dcols` back onto the input gradient. With `relu`
+/// the op returns `relu(conv2d(x, w) + b)`.
 struct Conv2dOp {
     padding: usize,
     stride: usize,
+    relu: bool,
 }
 
 /// Geometry of one convolution over `n` images.
@@ -189,15 +195,22 @@ impl Geometry {
                             continue;
                         };
                         let src = &img[(c * self.h + iy) * self.w..][..self.w];
-                        dst[..valid.start].fill(0.0);
-                        dst[valid.end..].fill(0.0);
+                        // Rows are short (often < 16 values): plain loops, no memset/memcpy calls.
+                        for d in &mut dst[..valid.start] {
+                            *d = 0.0;
+                        }
+                        for d in &mut dst[valid.end..] {
+                            *d = 0.0;
+                        }
                         let dst = &mut dst[valid.clone()];
                         if dst.is_empty() {
                             continue;
                         }
                         let x0 = valid.start * s + kx - self.padding;
                         if s == 1 {
-                            dst.copy_from_slice(&src[x0..x0 + dst.len()]);
+                            for (d, &v) in dst.iter_mut().zip(&src[x0..]) {
+                                *d = v;
+                            }
                         } else {
                             for (i, d) in dst.iter_mut().enumerate() {
                                 *d = src[x0 + i * s];
@@ -277,6 +290,7 @@ impl CustomOp3 for Conv2dOp {
         let (l, ckk) = (g.l(), g.ckk());
         let mut y = vec![0f32; g.n * g.out_len()];
         let weight = Mat::rows(w, g.c_out, ckk);
+        let relu = self.relu;
         y.par_chunks_mut(per_task * g.out_len())
             .zip(x.par_chunks(per_task * g.in_len()))
             .for_each(|(ys, xs)| {
@@ -287,6 +301,9 @@ impl CustomOp3 for Conv2dOp {
                         plane.fill(*b);
                     }
                     matmul(y, weight, Mat::rows(&cols, ckk, l), true, parallel_gemm);
+                    if relu {
+                        y.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
                 }
             });
         Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()))
@@ -297,7 +314,7 @@ impl CustomOp3 for Conv2dOp {
         x: &Tensor,
         w: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let backward = Conv2dBackward {
@@ -305,6 +322,7 @@ impl CustomOp3 for Conv2dOp {
             stride: self.stride,
             // Plain data (e.g. the images) needs no input gradient.
             input_grad: x.track_op(),
+            relu_output: self.relu.then(|| res.detach()),
         };
         let (x, w) = (x.detach(), w.detach());
         let packed = x.apply_op3_no_bwd(&w, &grad.detach().contiguous()?, &backward)?;
@@ -322,11 +340,13 @@ impl CustomOp3 for Conv2dOp {
 }
 
 /// The gradients of [`Conv2dOp`] from `(x, w, dy)`, packed into one vector
-/// `[dW (c_out·c_in·k·k), db (c_out), dx (n·c_in·h·w, with input_grad only)]`.
+/// `[dW (c_out·c_in·k·k), db (c_out), dx (n·c_in·h·w, with input_grad only)]`. With
+/// `relu_output` (the op's output after a fused ReLU) `dy` is first masked where it is 0.
 struct Conv2dBackward {
     padding: usize,
     stride: usize,
     input_grad: bool,
+    relu_output: Option<Tensor>,
 }
 
 impl CustomOp3 for Conv2dBackward {
@@ -348,6 +368,16 @@ impl CustomOp3 for Conv2dBackward {
         if l3.dims() != [g.n, g.c_out, g.oh, g.ow] {
             candle_core::bail!("conv2d backward: gradient {:?} for {g:?}", l3.dims())
         }
+        let relu_output = self.relu_output.as_ref().map(|y| y.storage_and_layout());
+        let relu_y = match &relu_output {
+            Some((storage, layout)) => match &**storage {
+                candle_core::Storage::Cpu(s) if layout.dims() == l3.dims() => {
+                    Some(f32_slice(s, layout)?)
+                }
+                _ => candle_core::bail!("conv2d backward: the ReLU output is not a CPU f32 tensor"),
+            },
+            None => None,
+        };
         let (per_task, parallel_gemm) = g.split();
         let (l, ckk, c_out) = (g.l(), g.ckk(), g.c_out);
         let wn = c_out * ckk;
@@ -366,11 +396,27 @@ impl CustomOp3 for Conv2dBackward {
             .par_iter_mut()
             .zip(x.par_chunks(per_task * g.in_len()))
             .zip(dy.par_chunks(per_task * g.out_len()))
-            .map(|((dxs, xs), dys)| {
+            .enumerate()
+            .map(|(task, ((dxs, xs), dys))| {
                 let mut acc = vec![0f32; wn + c_out];
                 let mut cols = vec![0f32; ckk * l];
+                let mut masked = vec![0f32; if relu_y.is_some() { g.out_len() } else { 0 }];
                 let mut dxs = dxs.as_deref_mut().map(|d| d.chunks_mut(g.in_len()));
-                for (img, gy) in xs.chunks(g.in_len()).zip(dys.chunks(g.out_len())) {
+                for (i, (img, gy)) in xs
+                    .chunks(g.in_len())
+                    .zip(dys.chunks(g.out_len()))
+                    .enumerate()
+                {
+                    let gy = match relu_y {
+                        Some(y) => {
+                            let y = &y[(task * per_task + i) * g.out_len()..][..g.out_len()];
+                            for ((m, &d), &v) in masked.iter_mut().zip(gy).zip(y) {
+                                *m = if v > 0.0 { d } else { 0.0 };
+                            }
+                            &masked[..]
+                        }
+                        None => gy,
+                    };
                     let (dw, db) = acc.split_at_mut(wn);
                     for (b, plane) in db.iter_mut().zip(gy.chunks(l)) {
                         *b += plane.iter().sum::<f32>();
@@ -605,6 +651,36 @@ mod tests {
                         (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
                         "{case} {what}: {u} vs {v}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The fused ReLU equals candle's `relu` after the layer, values and all three gradients.
+    #[test]
+    fn fused_relu_matches_separate_relu() {
+        let mut rng = StdRng::seed_from_u64(2);
+        for (n, c_in, c_out, h, k, p, s) in [(3, 2, 4, 9, 3, 1, 1), (1, 3, 5, 12, 5, 2, 2)] {
+            let x = random_var(&mut rng, &[n, c_in, h, h]);
+            let wt = random_var(&mut rng, &[c_out, c_in, k, k]);
+            let b = random_var(&mut rng, &[c_out]);
+            let conv = Conv2dLayer::new(wt.clone(), b.clone(), p, s).unwrap();
+            let fused = conv.forward_impl(&x, true).unwrap();
+            let separate = conv.forward(&x).unwrap().relu().unwrap();
+            let gy = random_var(&mut rng, fused.dims());
+            let grads = |y: &Tensor| {
+                let g = (y * gy.as_tensor())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                [&x, &wt, &b].map(|v| host(g.get(v).unwrap()))
+            };
+            assert_eq!(host(&fused), host(&separate));
+            for (a, b) in grads(&fused).iter().zip(grads(&separate)) {
+                for (u, v) in a.iter().zip(&b) {
+                    assert!((u - v).abs() < 1e-5 * (1.0 + v.abs()), "{u} vs {v}");
                 }
             }
         }

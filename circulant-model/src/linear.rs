@@ -5,6 +5,8 @@ use circulant_kernels::WeightSpectra;
 use rand::Rng;
 
 use crate::config::Head;
+use crate::cpu::use_cpu_op;
+use crate::dense_op::dense_forward;
 use crate::error::{Error, Result};
 use crate::init::Init;
 
@@ -81,8 +83,26 @@ impl DenseLinear {
     }
 }
 
+impl DenseLinear {
+    /// The forward pass, followed by a ReLU when `relu` (fused into one op on the CPU).
+    pub(crate) fn forward_impl(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        if x.rank() == 2 && use_cpu_op(x) && use_cpu_op(&self.weight) {
+            return dense_forward(x, &self.weight, &self.bias, relu);
+        }
+        let y = self.forward(x)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
 impl Module for DenseLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.rank() == 2 && use_cpu_op(x) && use_cpu_op(&self.weight) {
+            return dense_forward(x, &self.weight, &self.bias, false);
+        }
         match x.dims() {
             // (W x^T)^T: its weight gradient comes out contiguous, which makes the backward
             // pass markedly faster on CPU than candle's x W^T.
@@ -383,6 +403,17 @@ impl FcLayer {
                 CirculantMode::Paper => Head::Circulant,
                 CirculantMode::Block(b) => Head::Block(b),
             },
+        }
+    }
+}
+
+impl FcLayer {
+    /// The forward pass, followed by a ReLU when `relu` (fused for dense layers on the CPU).
+    pub(crate) fn forward_impl(&self, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        match self {
+            FcLayer::Dense(l) => l.forward_impl(x, relu),
+            FcLayer::Circulant(l) if relu => l.forward(x)?.relu(),
+            FcLayer::Circulant(l) => l.forward(x),
         }
     }
 }

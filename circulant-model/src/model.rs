@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use circulant_kernels::WeightSpectra;
 
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::linear::{CirculantLinear, CirculantMode, DenseLinear, FcLayer};
 use crate::networks::{layer_specs, LayerSpec};
-use crate::pool::max_pool2d;
+use crate::pool::{max_pool2d, max_pool2d_relu};
 use crate::report::{LayerParams, ParamReport};
 
 /// Forward-pass mode.
@@ -116,13 +116,32 @@ impl Model {
         let train = matches!(mode, Mode::Train { .. });
         let mut h = x.clone();
         let mut dropout_index = 0;
+        // A ReLU next to a max pool or after a convolution or FC layer runs inside that layer.
+        let mut fused_relu = false;
         for (i, layer) in self.layers.iter().enumerate() {
+            if std::mem::take(&mut fused_relu) {
+                continue;
+            }
+            let next_is_relu = matches!(self.layers.get(i + 1), Some(Layer::Relu));
             let spectra = cache.and_then(|c| c.spectra.get(i)?.as_ref());
             h = match layer {
-                Layer::Conv { conv, .. } => conv.forward(&h)?,
+                Layer::Conv { conv, .. } => {
+                    fused_relu = next_is_relu;
+                    conv.forward_impl(&h, next_is_relu)?
+                }
                 Layer::BatchNorm { bn, .. } => bn.forward(&h, train)?,
+                Layer::MaxPool { k, stride } if next_is_relu => {
+                    fused_relu = true;
+                    max_pool2d_relu(&h, *k, *stride)?
+                }
                 Layer::MaxPool { k, stride } => max_pool2d(&h, *k, *stride)?,
-                Layer::Relu => h.relu()?,
+                Layer::Relu => match self.layers.get(i + 1) {
+                    Some(Layer::MaxPool { k, stride }) => {
+                        fused_relu = true;
+                        max_pool2d_relu(&h, *k, *stride)?
+                    }
+                    _ => h.relu()?,
+                },
                 Layer::Dropout { p } => match mode {
                     Mode::Eval => h,
                     Mode::Train { dropout_seed } => {
@@ -132,10 +151,20 @@ impl Model {
                     }
                 },
                 Layer::Flatten => h.flatten_from(1)?,
-                Layer::Fc { fc, .. } => match (fc, spectra) {
-                    (FcLayer::Circulant(c), Some(s)) => c.forward_with_spectra(&h, s)?,
-                    _ => fc.forward(&h)?,
-                },
+                Layer::Fc { fc, .. } => {
+                    fused_relu = next_is_relu;
+                    match (fc, spectra) {
+                        (FcLayer::Circulant(c), Some(s)) => {
+                            let y = c.forward_with_spectra(&h, s)?;
+                            if next_is_relu {
+                                y.relu()?
+                            } else {
+                                y
+                            }
+                        }
+                        _ => fc.forward_impl(&h, next_is_relu)?,
+                    }
+                }
             };
         }
         Ok(h)

@@ -13,9 +13,21 @@ use crate::error::{Error, Result};
 /// size rounded down, as PyTorch's `MaxPool2d(k, stride)`). The gradient goes to the first
 /// maximum of each window.
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    pool(x, k, stride, false)
+}
+
+/// `relu(max_pool2d(x))`, which equals `max_pool2d(relu(x))`, in one pass on the CPU (the
+/// gradient reaches a window's first maximum only where the output is positive).
+pub fn max_pool2d_relu(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    pool(x, k, stride, true)
+}
+
+fn pool(x: &Tensor, k: usize, stride: usize, relu: bool) -> Result<Tensor> {
     check(x, k, stride)?;
     if use_cpu_op(x) {
-        Ok(x.contiguous()?.apply_op1(MaxPool { k, stride })?)
+        Ok(x.contiguous()?.apply_op1(MaxPool { k, stride, relu })?)
+    } else if relu {
+        Ok(max_pool2d_tensor_ops(x, k, stride)?.relu()?)
     } else {
         max_pool2d_tensor_ops(x, k, stride)
     }
@@ -118,6 +130,7 @@ impl Geom {
 struct MaxPool {
     k: usize,
     stride: usize,
+    relu: bool,
 }
 
 impl CustomOp1 for MaxPool {
@@ -129,12 +142,13 @@ impl CustomOp1 for MaxPool {
         let x = f32_slice(s, l)?;
         let (planes, g) = Geom::new(l.dims(), self.k, self.stride)?;
         let mut out = vec![0f32; planes * g.oh * g.ow];
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
         out.par_chunks_mut(g.oh * g.ow)
             .zip(x.par_chunks(g.h * g.w))
             .for_each(|(o, plane)| {
                 for i in 0..g.oh {
                     for j in 0..g.ow {
-                        o[i * g.ow + j] = plane[g.argmax(plane, i, j)];
+                        o[i * g.ow + j] = plane[g.argmax(plane, i, j)].max(floor);
                     }
                 }
             });
@@ -155,16 +169,19 @@ impl CustomOp1 for MaxPool {
             &MaxPoolBwd {
                 k: self.k,
                 stride: self.stride,
+                relu: self.relu,
             },
         )?;
         Ok(Some(dx))
     }
 }
 
-/// `(x, grad_out) -> grad_x`: each output's gradient goes to its window's first maximum.
+/// `(x, grad_out) -> grad_x`: each output's gradient goes to its window's first maximum (with
+/// `relu`, only where that maximum is positive).
 struct MaxPoolBwd {
     k: usize,
     stride: usize,
+    relu: bool,
 }
 
 impl CustomOp2 for MaxPoolBwd {
@@ -186,13 +203,17 @@ impl CustomOp2 for MaxPoolBwd {
             candle_core::bail!("max pool backward: gradient shape {:?}", l2.dims())
         }
         let mut dx = vec![0f32; x.len()];
+        let relu = self.relu;
         dx.par_chunks_mut(g.h * g.w)
             .zip(x.par_chunks(g.h * g.w))
             .zip(gy.par_chunks(g.oh * g.ow))
             .for_each(|((d, plane), go)| {
                 for i in 0..g.oh {
                     for j in 0..g.ow {
-                        d[g.argmax(plane, i, j)] += go[i * g.ow + j];
+                        let best = g.argmax(plane, i, j);
+                        if !relu || plane[best] > 0.0 {
+                            d[best] += go[i * g.ow + j];
+                        }
                     }
                 }
             });
@@ -255,6 +276,8 @@ mod tests {
             for (path, y) in [
                 ("cpu op", max_pool2d(&x, k, s).unwrap()),
                 ("tensor ops", max_pool2d_tensor_ops(&x, k, s).unwrap()),
+                // All inputs are >= 0 here: the fused ReLU changes nothing.
+                ("cpu op + relu", max_pool2d_relu(&x, k, s).unwrap()),
             ] {
                 let case = format!("{path} {h}x{w} k{k} s{s}");
                 assert_eq!(y.dims(), [2, 3, (h - k) / s + 1, (w - k) / s + 1], "{case}");
@@ -270,5 +293,45 @@ mod tests {
         let small = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
         assert!(max_pool2d(&small, 3, 2).is_err());
         assert!(max_pool2d(&small, 0, 2).is_err());
+    }
+
+    /// The fused ReLU equals candle's `relu` after (and before) the pool, values and gradients,
+    /// on inputs of both signs.
+    #[test]
+    fn fused_relu_matches_separate_relu() {
+        let dev = Device::Cpu;
+        for (h, w, k, s) in [(7, 7, 3, 2), (8, 8, 2, 2), (9, 11, 3, 3)] {
+            let len = 2 * 3 * h * w;
+            let vals: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 + 11) % len) as f32 - len as f32 / 2.0)
+                .collect();
+            let x = Var::from_vec(vals, (2, 3, h, w), &dev).unwrap();
+            let fused = max_pool2d_relu(&x, k, s).unwrap();
+            let wts = Tensor::from_vec(
+                (0..fused.elem_count())
+                    .map(|i| (i % 5) as f32 - 2.0)
+                    .collect(),
+                fused.dims(),
+                &dev,
+            )
+            .unwrap();
+            let grad_of = |y: &Tensor| {
+                let g = (y * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let host = |y: &Tensor| y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for reference in [
+                max_pool2d_tensor_ops(&x, k, s).unwrap().relu().unwrap(),
+                max_pool2d_tensor_ops(&x.relu().unwrap(), k, s).unwrap(),
+            ] {
+                assert_eq!(host(&fused), host(&reference), "{h}x{w} k{k} s{s}");
+                assert_eq!(grad_of(&fused), grad_of(&reference), "{h}x{w} k{k} s{s}");
+            }
+        }
     }
 }

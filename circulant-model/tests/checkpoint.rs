@@ -518,3 +518,110 @@ fn write_atomic_is_public() {
     assert!(write_atomic(dir.join("no/such/dir/f"), b"x").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bytes` (a safetensors file) with one more space in its header: the tensor data then starts
+/// at an odd offset, unaligned for every dtype.
+fn misaligned(bytes: &[u8]) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut out = (n as u64 + 1).to_le_bytes().to_vec();
+    out.extend_from_slice(&bytes[8..8 + n]);
+    out.push(b' ');
+    out.extend_from_slice(&bytes[8 + n..]);
+    assert_eq!((8 + n + 1) % 2, 1);
+    out
+}
+
+#[test]
+fn loading_converts_like_candle_at_any_alignment() {
+    use candle_core::safetensors::Load;
+    use circulant_model::checkpoint::to_safetensors_bytes_with;
+
+    let dev = Device::Cpu;
+    let dir = tmp_dir("alignment");
+    let mut cfg =
+        ModelConfig::new(Network::Mlp, Head::Circulant, 10, 4).with_head("fc1", Head::Dense);
+    cfg.sign_flip = true;
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let opts = SaveOptions {
+            dtype,
+            class_names: None,
+        };
+        let bytes = to_safetensors_bytes_with(&model.tensors(), &cfg, &opts).unwrap();
+        // What candle's own conversion makes of the stored values.
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let want: HashMap<String, Vec<u32>> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let t = v.load(&dev).unwrap().to_dtype(DType::F32).unwrap();
+                (n, bits(&t))
+            })
+            .collect();
+        let odd = misaligned(&bytes);
+        let (aligned_path, odd_path) = (dir.join("aligned"), dir.join("odd"));
+        std::fs::write(&aligned_path, &bytes).unwrap();
+        std::fs::write(&odd_path, &odd).unwrap();
+        let loaded = [
+            Model::load(&aligned_path, &dev).unwrap(),
+            Model::load(&odd_path, &dev).unwrap(),
+            Model::from_safetensors_bytes(&bytes, &dev).unwrap(),
+            Model::from_safetensors_bytes(&odd, &dev).unwrap(),
+        ];
+        for (i, m) in loaded.iter().enumerate() {
+            let got = m.tensors();
+            assert_eq!(got.len(), want.len());
+            for (n, t) in &got {
+                assert_eq!(t.dtype(), DType::F32, "{dtype:?} {i} {n}");
+                assert_eq!(&bits(t), &want[n], "{dtype:?} {i} {n}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn loaded_models_own_their_weights_and_train() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("own-weights");
+    let cfg = ModelConfig::new(Network::Mlp, Head::Circulant, 10, 5).with_head("fc2", Head::Dense);
+    let path = dir.join("m.safetensors");
+    Model::new(cfg.clone(), &dev).unwrap().save(&path).unwrap();
+    let a = Model::load(&path, &dev).unwrap();
+    let b = Model::load(&path, &dev).unwrap();
+    let x = random_input(&cfg, 2, 3);
+    let before = bits(&b.forward(&x, Mode::Eval).unwrap());
+    // Every trainable tensor of a loaded model gets a gradient.
+    let loss = a
+        .forward(&x, Mode::Eval)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in a.trainable() {
+        assert!(grads.get(var.as_tensor()).is_some(), "{name}");
+        // Changing one model's weights leaves the other's alone.
+        var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    assert_eq!(bits(&b.forward(&x, Mode::Eval).unwrap()), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreadable_files_are_errors_naming_the_path() {
+    let dev = Device::Cpu;
+    let dir = tmp_dir("unreadable");
+    let empty = dir.join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    let err = Model::load(&empty, &dev).err().unwrap();
+    assert!(matches!(err, Error::SafeTensors { .. }), "{err}");
+    assert!(err.to_string().contains("empty.safetensors"), "{err}");
+    for path in [dir.clone(), dir.join("nope.safetensors")] {
+        let err = Model::load(&path, &dev).err().unwrap();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

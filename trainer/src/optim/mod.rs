@@ -1,6 +1,7 @@
 //! Optimizers with savable state, and learning-rate schedules.
 
 pub mod adamw;
+mod fused;
 pub mod schedule;
 pub mod sgd;
 

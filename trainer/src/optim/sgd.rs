@@ -6,6 +6,7 @@ use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use super::fused::{self, SgdBuffer, SgdUpdate};
 use super::{restore, zeros_like, Optimizer};
 
 /// `g = grad + wd * w; buf = momentum * buf + g; w -= lr * (nesterov ? g + momentum * buf : buf)`.
@@ -38,16 +39,37 @@ impl Sgd {
             weight_decay,
         })
     }
-}
 
-impl Optimizer for Sgd {
-    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update; `fused` allows the one-pass CPU ops (tests turn them off to check the
+    /// tensor-op form, which other devices run).
+    fn update(&mut self, grads: &GradStore, lr: f64, fused: bool) -> Result<()> {
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let g = grad.detach().contiguous()?;
+            if fused && fused::supported(&g) {
+                let update = SgdUpdate {
+                    lr,
+                    momentum: self.momentum,
+                    nesterov: self.nesterov,
+                    weight_decay: self.weight_decay,
+                };
+                let w = var.as_tensor();
+                if self.momentum != 0.0 {
+                    let buffer = SgdBuffer {
+                        momentum: self.momentum,
+                        weight_decay: self.weight_decay,
+                    };
+                    self.buffers[i].inplace_op3(&g, w, &buffer)?;
+                    w.inplace_op3(&g, &self.buffers[i], &update)?;
+                } else {
+                    w.inplace_op3(&g, &g, &update)?;
+                }
+                continue;
+            }
             let w = var.as_tensor().detach();
-            let mut g = grad.detach();
+            let mut g = g;
             if self.weight_decay != 0.0 {
                 g = (g + (&w * self.weight_decay)?)?;
             }
@@ -63,6 +85,12 @@ impl Optimizer for Sgd {
             var.set(&(w - (g * lr)?)?)?;
         }
         Ok(())
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.update(grads, lr, true)
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
@@ -121,19 +149,21 @@ mod tests {
             (0.9, 0.01, true),
             (0.5, 0.1, false),
         ] {
-            let var = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
-            let mut opt = Sgd::new(vec![("w".into(), var.clone())], mu, nesterov, wd)?;
-            for _ in 0..5 {
-                let loss = ((var.as_tensor() - 3.0)?.sqr()?.sum_all()? * 0.5)?;
-                opt.step(&loss.backward()?, 0.1)?;
-            }
-            let got = var.as_tensor().to_vec1::<f64>()?;
-            for (g, w0) in got.iter().zip([1.0, -2.0]) {
-                let want = reference(w0, |w| w - 3.0, 0.1, mu, wd, nesterov, 5);
-                assert!(
-                    (g - want).abs() < 1e-12,
-                    "mu {mu} wd {wd} nesterov {nesterov}: {g} vs {want}"
-                );
+            for fused in [true, false] {
+                let var = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
+                let mut opt = Sgd::new(vec![("w".into(), var.clone())], mu, nesterov, wd)?;
+                for _ in 0..5 {
+                    let loss = ((var.as_tensor() - 3.0)?.sqr()?.sum_all()? * 0.5)?;
+                    opt.update(&loss.backward()?, 0.1, fused)?;
+                }
+                let got = var.as_tensor().to_vec1::<f64>()?;
+                for (g, w0) in got.iter().zip([1.0, -2.0]) {
+                    let want = reference(w0, |w| w - 3.0, 0.1, mu, wd, nesterov, 5);
+                    assert!(
+                        (g - want).abs() < 1e-12,
+                        "mu {mu} wd {wd} nesterov {nesterov} fused {fused}: {g} vs {want}"
+                    );
+                }
             }
         }
         Ok(())
