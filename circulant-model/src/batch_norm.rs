@@ -376,13 +376,10 @@ impl CustomOp2 for BnBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::host;
     use candle_core::Device;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-
-    fn host(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    }
 
     fn layer(c: usize, rng: &mut StdRng) -> BatchNorm2d {
         let dev = Device::Cpu;

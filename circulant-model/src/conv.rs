@@ -445,19 +445,10 @@ impl CustomOp3 for Conv2dBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{host, random_var};
     use candle_core::Device;
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    fn random_var(rng: &mut StdRng, shape: &[usize]) -> Var {
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn host(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    }
+    use rand::SeedableRng;
 
     /// Forward and gradients equal candle's own conv2d (whose backward uses conv_transpose2d).
     #[test]

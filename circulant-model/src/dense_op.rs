@@ -182,19 +182,10 @@ impl CustomOp3 for DenseBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::test_util::{host, random_var};
+
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    fn random_var(rng: &mut StdRng, shape: &[usize]) -> Var {
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn host(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    }
+    use rand::SeedableRng;
 
     /// Values and all three gradients against a float64 loop, with and without the ReLU, for
     /// odd sizes and a single row.

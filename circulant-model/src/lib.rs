@@ -26,6 +26,8 @@ mod model;
 mod networks;
 pub mod pool;
 pub mod report;
+#[cfg(test)]
+mod test_util;
 
 pub use batch_norm::BatchNorm2d;
 pub use checkpoint::{CheckpointInfo, SaveOptions};
