@@ -89,7 +89,16 @@ impl DenseLinear {
         if x.rank() == 2 && use_cpu_op(x) && use_cpu_op(&self.weight) {
             return dense_forward(x, &self.weight, &self.bias, relu);
         }
-        let y = self.forward(x)?;
+        let y = match x.dims() {
+            // (W x^T)^T: its weight gradient comes out contiguous, which makes the backward
+            // pass markedly faster than candle's x W^T.
+            [_, _] => self
+                .weight
+                .matmul(&x.t()?)?
+                .t()?
+                .broadcast_add(&self.bias)?,
+            _ => self.inner.forward(x)?,
+        };
         if relu {
             y.relu()
         } else {
@@ -100,15 +109,7 @@ impl DenseLinear {
 
 impl Module for DenseLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if x.rank() == 2 && use_cpu_op(x) && use_cpu_op(&self.weight) {
-            return dense_forward(x, &self.weight, &self.bias, false);
-        }
-        match x.dims() {
-            // (W x^T)^T: its weight gradient comes out contiguous, which makes the backward
-            // pass markedly faster on CPU than candle's x W^T.
-            [_, _] => self.weight.matmul(&x.t()?)?.t()?.broadcast_add(&self.bias),
-            _ => self.inner.forward(x),
-        }
+        self.forward_impl(x, false)
     }
 }
 
