@@ -145,7 +145,7 @@ mod bench {
         let (ws, wl) = w.storage_and_layout();
         let (xv, rv, gv) = (view(&xs, xl)?, view(&rs, rl)?, view(&ws, wl)?);
         let (n, d) = x.dims2()?;
-        let dims = kernels_cuda::BlockDims {
+        let dims = kernels_cuda::Dims {
             n,
             p: 1,
             q: 1,

@@ -20,10 +20,10 @@
 //! The forward pass keeps `Ẑ` and `R̂` so the backward pass transforms only the gradient.
 //! Pairs of rows are split across threads (see `parallel`).
 
-use crate::dims::Dims;
 use crate::fft::{Plans, Real, Workspace};
 use crate::parallel::{map_rows, map_rows2};
 use candle_core::Result;
+use kernels_cuda::Dims;
 use rustfft::num_complex::Complex;
 
 /// FFTs of the blocks of every pair of rows of `x: (n, q*b)`, as `x[2k] + i·x[2k+1]`:

@@ -9,26 +9,16 @@ use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftNum, FftPlanner};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Spectra of an input, kept by the forward pass for the backward pass.
-pub(crate) enum Spectra {
-    F32(Vec<Complex<f32>>),
-    F64(Vec<Complex<f64>>),
-}
-
 /// A float type the CPU kernels run in (f32 or f64), with its process-wide FFT planners.
 pub(crate) trait Real: FftNum + Default + candle_core::WithDType {
     /// The complex-FFT planner shared by every call; it caches plans per length.
     fn planner() -> &'static Mutex<FftPlanner<Self>>;
     /// The real-FFT planner shared by every call.
     fn real_planner() -> &'static Mutex<RealFftPlanner<Self>>;
-    /// Wraps spectra of this type.
-    fn wrap(spectra: Vec<Complex<Self>>) -> Spectra;
-    /// The spectra, if they are of this type.
-    fn unwrap(spectra: &Spectra) -> Option<&[Complex<Self>]>;
 }
 
 macro_rules! impl_real {
-    ($t:ty, $variant:ident) => {
+    ($t:ty) => {
         impl Real for $t {
             fn planner() -> &'static Mutex<FftPlanner<$t>> {
                 static PLANNER: OnceLock<Mutex<FftPlanner<$t>>> = OnceLock::new();
@@ -38,20 +28,11 @@ macro_rules! impl_real {
                 static PLANNER: OnceLock<Mutex<RealFftPlanner<$t>>> = OnceLock::new();
                 PLANNER.get_or_init(|| Mutex::new(RealFftPlanner::new()))
             }
-            fn wrap(spectra: Vec<Complex<$t>>) -> Spectra {
-                Spectra::$variant(spectra)
-            }
-            fn unwrap(spectra: &Spectra) -> Option<&[Complex<$t>]> {
-                match spectra {
-                    Spectra::$variant(v) => Some(v),
-                    _ => None,
-                }
-            }
         }
     };
 }
-impl_real!(f32, F32);
-impl_real!(f64, F64);
+impl_real!(f32);
+impl_real!(f64);
 
 /// Forward and inverse complex and real FFTs of one length.
 pub(crate) struct Plans<T: Real> {

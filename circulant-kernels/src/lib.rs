@@ -12,7 +12,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-mod dims;
+mod erased;
 mod fft;
 mod op;
 mod parallel;
@@ -20,7 +20,7 @@ mod parallel;
 pub mod testing;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
-use dims::Dims;
+use kernels_cuda::Dims;
 
 /// Block-circulant projection: `x: (..., q*b)`, `r: (p, q, b)` → `y: (..., p*b)` with
 /// `y[n, i*b + s] = Σ_j Σ_t r[i, j, (s - t) mod b] · x[n, j*b + t]`.
@@ -54,7 +54,7 @@ pub fn circulant(x: &Tensor, r: &Tensor) -> Result<Tensor> {
 #[derive(Clone)]
 pub struct WeightSpectra {
     r: Tensor,
-    spectra: Option<std::sync::Arc<fft::Spectra>>,
+    spectra: Option<erased::Erased>,
 }
 
 impl std::fmt::Debug for WeightSpectra {
@@ -80,9 +80,7 @@ impl WeightSpectra {
         // A copy: a snapshot even of a variable updated in place later.
         let r = r.detach().copy()?;
         let spectra = match (r.device(), r.dtype()) {
-            (Device::Cpu, DType::F32 | DType::F64) => {
-                Some(std::sync::Arc::new(op::cpu_weight_spectra(&r)?))
-            }
+            (Device::Cpu, DType::F32 | DType::F64) => Some(op::cpu_weight_spectra(&r)?),
             _ => None,
         };
         Ok(Self { r, spectra })

@@ -1,31 +1,31 @@
 //! The candle custom ops: `Forward` (differentiable) and `Backward` (packed dx and dr).
 
 use crate::cpu;
-use crate::dims::Dims;
-use crate::fft::{Real, Spectra};
+use crate::erased::{float_dtype, Erased};
+use crate::fft::Real;
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
+use kernels_cuda::Dims;
+use rustfft::num_complex::Complex;
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// `y = block_circulant(x, r)`; both inputs are contiguous (the public functions ensure it).
 pub(crate) struct Forward {
     dims: Dims,
     /// Keep the spectra of x and r for the backward pass (set when a gradient may be asked for).
     keep_spectra: bool,
-    saved: Mutex<Option<Arc<Saved>>>,
+    /// The spectra of x and r that the backward pass needs again: a [`CpuSpectra`] or, on a
+    /// GPU, a `kernels_cuda::Spectra`, of the inputs' float type.
+    saved: Mutex<Option<Erased>>,
 }
 
-/// Spectra of x and r computed by the forward pass that the backward pass needs again.
-enum Saved {
-    Cpu {
-        x: Spectra,
-        r: Spectra,
-    },
-    #[cfg(feature = "cuda")]
-    Cuda(crate::cuda::Saved),
+/// Spectra of x and r computed by the CPU forward pass.
+struct CpuSpectra<T> {
+    x: Vec<Complex<T>>,
+    r: Vec<Complex<T>>,
 }
 
 impl Forward {
@@ -42,34 +42,28 @@ impl Forward {
         let rs = cpu::weight_spectra(r, d)?;
         let (y, xs) = cpu::forward(x, &rs, d)?;
         if self.keep_spectra {
-            self.save(Saved::Cpu {
-                x: T::wrap(xs),
-                r: T::wrap(rs),
-            });
+            self.save(Erased::new(CpuSpectra { x: xs, r: rs }));
         }
         Ok(y)
     }
 
-    fn save(&self, saved: Saved) {
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(saved));
+    fn save(&self, saved: Erased) {
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
     }
 }
 
 /// `[dx ; dr]` flattened, from `(x, r, g)`, reusing the forward pass's spectra where present.
 pub(crate) struct Backward {
     dims: Dims,
-    saved: Option<Arc<Saved>>,
+    saved: Option<Erased>,
 }
 
 impl Backward {
     fn cpu<T: Real>(&self, x: &[T], r: &[T], g: &[T]) -> Result<Vec<T>> {
         let d = self.dims;
-        let saved = match self.saved.as_deref() {
-            Some(Saved::Cpu { x, r }) => T::unwrap(x).zip(T::unwrap(r)),
-            _ => None,
-        };
+        let saved = self.saved.as_ref().and_then(Erased::get::<CpuSpectra<T>>);
         let (xs, rs) = match saved {
-            Some((xs, rs)) => (Cow::Borrowed(xs), Cow::Borrowed(rs)),
+            Some(s) => (Cow::Borrowed(&s.x[..]), Cow::Borrowed(&s.r[..])),
             None => (
                 Cow::Owned(cpu::spectra(x, d)?),
                 Cow::Owned(cpu::weight_spectra(r, d)?),
@@ -87,13 +81,6 @@ fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<
     }
 }
 
-fn dtype_error(op: &str, storages: &[&CpuStorage]) -> candle_core::Error {
-    let dtypes: Vec<_> = storages.iter().map(|s| s.dtype()).collect();
-    candle_core::Error::Msg(format!(
-        "{op}: unsupported dtypes {dtypes:?}: inputs must all be f32 or all f64"
-    ))
-}
-
 impl CustomOp2 for Forward {
     fn name(&self) -> &'static str {
         "block_circulant"
@@ -106,14 +93,9 @@ impl CustomOp2 for Forward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.cpu(data(s1, l1)?, data(s2, l2)?)?)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.cpu(data(s1, l1)?, data(s2, l2)?)?)
-            }
-            _ => return Err(dtype_error(self.name(), &[s1, s2])),
+        let out = match float_dtype(self.name(), &[s1.dtype(), s2.dtype()])? {
+            DType::F64 => CpuStorage::F64(self.cpu(data(s1, l1)?, data(s2, l2)?)?),
+            _ => CpuStorage::F32(self.cpu(data(s1, l1)?, data(s2, l2)?)?),
         };
         Ok((out, self.dims.out_shape(l1.shape())))
     }
@@ -128,7 +110,7 @@ impl CustomOp2 for Forward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (out, saved) = crate::cuda::forward(s1, l1, s2, l2, self.dims, self.keep_spectra)?;
         if let Some(saved) = saved {
-            self.save(Saved::Cuda(saved));
+            self.save(saved);
         }
         Ok((out, self.dims.out_shape(l1.shape())))
     }
@@ -169,14 +151,10 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.cpu(data(s1, l1)?, data(s2, l2)?, data(s3, l3)?)?)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.cpu(data(s1, l1)?, data(s2, l2)?, data(s3, l3)?)?)
-            }
-            _ => return Err(dtype_error(self.name(), &[s1, s2, s3])),
+        let dtypes = [s1.dtype(), s2.dtype(), s3.dtype()];
+        let out = match float_dtype(self.name(), &dtypes)? {
+            DType::F64 => CpuStorage::F64(self.cpu(data(s1, l1)?, data(s2, l2)?, data(s3, l3)?)?),
+            _ => CpuStorage::F32(self.cpu(data(s1, l1)?, data(s2, l2)?, data(s3, l3)?)?),
         };
         Ok((out, Shape::from(self.dims.packed_grad_len())))
     }
@@ -191,10 +169,7 @@ impl CustomOp3 for Backward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let saved = match self.saved.as_deref() {
-            Some(Saved::Cuda(saved)) => Some(saved),
-            _ => None,
-        };
+        let saved = self.saved.as_ref();
         let out = crate::cuda::backward((s1, l1), (s2, l2), (s3, l3), self.dims, saved)?;
         Ok((out, Shape::from(self.dims.packed_grad_len())))
     }
@@ -203,13 +178,14 @@ impl CustomOp3 for Backward {
 /// `y = block_circulant(x, r)` from spectra of `r` computed beforehand (no backward pass).
 pub(crate) struct Precomputed<'a> {
     pub r_dims: [usize; 3],
-    pub spectra: &'a Spectra,
+    /// A `Vec<Complex<T>>` from [`cpu_weight_spectra`].
+    pub spectra: &'a Erased,
 }
 
 impl Precomputed<'_> {
     fn cpu<T: Real>(&self, x: &[T], l: &Layout) -> Result<Vec<T>> {
         let d = Dims::new("block_circulant", l.dims(), &self.r_dims)?;
-        let Some(rs) = T::unwrap(self.spectra) else {
+        let Some(rs) = self.spectra.get::<Vec<Complex<T>>>() else {
             bail!("block_circulant: x's dtype differs from the precomputed weight's")
         };
         Ok(cpu::forward(x, rs, d)?.0)
@@ -222,10 +198,9 @@ impl CustomOp1 for Precomputed<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.cpu(data(s, l)?, l)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.cpu(data(s, l)?, l)?),
-            _ => return Err(dtype_error(self.name(), &[s])),
+        let out = match float_dtype(self.name(), &[s.dtype()])? {
+            DType::F64 => CpuStorage::F64(self.cpu(data(s, l)?, l)?),
+            _ => CpuStorage::F32(self.cpu(data(s, l)?, l)?),
         };
         let d = Dims::new("block_circulant", l.dims(), &self.r_dims)?;
         Ok((out, d.out_shape(l.shape())))
@@ -233,15 +208,15 @@ impl CustomOp1 for Precomputed<'_> {
 }
 
 /// Spectra of `r: (p, q, b)` (contiguous, CPU, f32 or f64) as [`Precomputed`] uses them.
-pub(crate) fn cpu_weight_spectra(r: &Tensor) -> Result<Spectra> {
+pub(crate) fn cpu_weight_spectra(r: &Tensor) -> Result<Erased> {
     let &[p, q, b] = r.dims() else {
         bail!("block_circulant: r must have rank 3, got {:?}", r.dims())
     };
     let d = Dims::new("block_circulant", &[q * b], &[p, q, b])?;
     let r = r.flatten_all()?;
     match r.dtype() {
-        candle_core::DType::F32 => Ok(f32::wrap(cpu::weight_spectra(&r.to_vec1::<f32>()?, d)?)),
-        candle_core::DType::F64 => Ok(f64::wrap(cpu::weight_spectra(&r.to_vec1::<f64>()?, d)?)),
+        DType::F32 => Ok(Erased::new(cpu::weight_spectra(&r.to_vec1::<f32>()?, d)?)),
+        DType::F64 => Ok(Erased::new(cpu::weight_spectra(&r.to_vec1::<f64>()?, d)?)),
         dt => bail!("block_circulant: precomputed weights must be f32 or f64, got {dt:?}"),
     }
 }

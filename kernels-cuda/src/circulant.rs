@@ -5,68 +5,16 @@ use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 
+use crate::dims::Dims;
 use crate::dtype::FftFloat;
-use crate::kernels::{complex_to_real, contract, real_to_complex, Contraction, Sizes};
+use crate::kernels::{complex_to_real, contract, real_to_complex, Contraction};
 use crate::plan::{lock, plan};
 
 /// Rows per cuFFT execution are limited so that one execution covers at most this many real
 /// elements (keeps 32-bit plans valid and bounds a plan's work area).
 const MAX_ELEMS_PER_EXEC: usize = 1 << 27;
 
-/// Shapes of one call: `x` is (n, q*b), `r` is (p, q, b), `y` is (n, p*b), all row-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockDims {
-    /// Batch rows.
-    pub n: usize,
-    /// Output blocks.
-    pub p: usize,
-    /// Input blocks.
-    pub q: usize,
-    /// Block size (FFT length).
-    pub b: usize,
-}
-
-impl BlockDims {
-    fn mul(&self, factors: &[usize]) -> Result<usize> {
-        factors
-            .iter()
-            .try_fold(1usize, |acc, &f| acc.checked_mul(f))
-            .ok_or_else(|| {
-                Error::Msg(format!("circulant (cuda): sizes {self:?} overflow usize")).bt()
-            })
-    }
-
-    /// Elements of `x`: n * q * b.
-    pub fn x_len(&self) -> Result<usize> {
-        self.mul(&[self.n, self.q, self.b])
-    }
-
-    /// Elements of `r`: p * q * b.
-    pub fn r_len(&self) -> Result<usize> {
-        self.mul(&[self.p, self.q, self.b])
-    }
-
-    /// Elements of `y` (and of its gradient): n * p * b.
-    pub fn y_len(&self) -> Result<usize> {
-        self.mul(&[self.n, self.p, self.b])
-    }
-
-    fn is_degenerate(&self) -> bool {
-        self.n == 0 || self.p == 0 || self.q == 0 || self.b == 0
-    }
-
-    fn sizes(&self) -> Sizes {
-        Sizes {
-            n: self.n,
-            p: self.p,
-            q: self.q,
-            nf: self.b / 2 + 1,
-            b: self.b,
-        }
-    }
-}
-
-fn check_len(what: &str, got: usize, want: usize, d: BlockDims) -> Result<()> {
+fn check_len(what: &str, got: usize, want: usize, d: Dims) -> Result<()> {
     if got == want {
         Ok(())
     } else {
@@ -172,12 +120,12 @@ fn irfft<T: FftFloat>(
 /// Half spectra of `x` and `r` computed by [`forward_keep`]; [`backward`] reuses them instead
 /// of transforming `x` and `r` again (4 transforms of batch rows per training step, not 5).
 pub struct Spectra<T: FftFloat> {
-    dims: BlockDims,
+    dims: Dims,
     x: CudaSlice<T::Complex>,
     r: CudaSlice<T::Complex>,
 }
 
-fn check_inputs<T: FftFloat>(x: &CudaView<'_, T>, r: &CudaView<'_, T>, d: BlockDims) -> Result<()> {
+fn check_inputs<T: FftFloat>(x: &CudaView<'_, T>, r: &CudaView<'_, T>, d: Dims) -> Result<()> {
     check_len("x", x.len(), d.x_len()?, d)?;
     check_len("r", r.len(), d.r_len()?, d)
 }
@@ -188,7 +136,7 @@ fn forward_impl<T: FftFloat>(
     dev: &CudaDevice,
     x: &CudaView<'_, T>,
     r: &CudaView<'_, T>,
-    d: BlockDims,
+    d: Dims,
     keep: bool,
 ) -> Result<(CudaSlice<T>, Option<Spectra<T>>)> {
     check_inputs(x, r, d)?;
@@ -198,7 +146,7 @@ fn forward_impl<T: FftFloat>(
     let xf = rfft(dev, x, d.b, d.n * d.q)?;
     let rf = rfft(dev, r, d.b, d.p * d.q)?;
     let scale = 1.0 / d.b as f64;
-    let mut yf = contract::<T>(dev, Contraction::Forward, &xf, &rf, d.sizes(), scale)?;
+    let mut yf = contract::<T>(dev, Contraction::Forward, &xf, &rf, d, scale)?;
     let spectra = keep.then(|| Spectra {
         dims: d,
         x: xf,
@@ -216,7 +164,7 @@ pub fn forward<T: FftFloat>(
     dev: &CudaDevice,
     x: &CudaView<'_, T>,
     r: &CudaView<'_, T>,
-    d: BlockDims,
+    d: Dims,
 ) -> Result<CudaSlice<T>> {
     forward_impl(dev, x, r, d, false).map(|(y, _)| y)
 }
@@ -227,7 +175,7 @@ pub fn forward_keep<T: FftFloat>(
     dev: &CudaDevice,
     x: &CudaView<'_, T>,
     r: &CudaView<'_, T>,
-    d: BlockDims,
+    d: Dims,
 ) -> Result<(CudaSlice<T>, Option<Spectra<T>>)> {
     forward_impl(dev, x, r, d, true)
 }
@@ -243,7 +191,7 @@ pub fn backward<T: FftFloat>(
     x: &CudaView<'_, T>,
     r: &CudaView<'_, T>,
     g: &CudaView<'_, T>,
-    d: BlockDims,
+    d: Dims,
     saved: Option<&Spectra<T>>,
 ) -> Result<CudaSlice<T>> {
     check_inputs(x, r, d)?;
@@ -259,7 +207,6 @@ pub fn backward<T: FftFloat>(
         ))
         .bt());
     }
-    let s = d.sizes();
     let scale = 1.0 / d.b as f64;
     let gf = rfft(dev, g, d.b, d.n * d.p)?;
     let computed;
@@ -270,8 +217,8 @@ pub fn backward<T: FftFloat>(
             (&computed.0, &computed.1)
         }
     };
-    let mut dxf = contract::<T>(dev, Contraction::GradX, &gf, rf, s, scale)?;
-    let mut drf = contract::<T>(dev, Contraction::GradR, xf, &gf, s, scale)?;
+    let mut dxf = contract::<T>(dev, Contraction::GradX, &gf, rf, d, scale)?;
+    let mut drf = contract::<T>(dev, Contraction::GradR, xf, &gf, d, scale)?;
     drop(gf);
     // SAFETY: every element is written by the two inverse transforms.
     let mut out = unsafe { dev.alloc::<T>(x_len + r_len)? };

@@ -4,6 +4,7 @@ use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
+use crate::dims::Dims;
 use crate::dtype::FftFloat;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/circulant.ptx"));
@@ -17,16 +18,6 @@ const MAX_BLOCKS: usize = 1 << 20;
 const DR_F: usize = 32;
 const DR_N: u32 = 8;
 const MAX_GRID_Y: usize = 65_535;
-
-/// Sizes shared by the three kernels: batch rows, output / input blocks, bins, length.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Sizes {
-    pub n: usize,
-    pub p: usize,
-    pub q: usize,
-    pub nf: usize,
-    pub b: usize,
-}
 
 /// Which contraction to run.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +39,11 @@ impl Contraction {
         }
     }
 
-    fn out_len(self, s: Sizes) -> usize {
+    fn out_len(self, d: Dims) -> usize {
         match self {
-            Self::Forward => s.n * s.p * s.nf,
-            Self::GradX => s.n * s.q * s.nf,
-            Self::GradR => s.p * s.q * s.nf,
+            Self::Forward => d.n * d.p * d.nf(),
+            Self::GradX => d.n * d.q * d.nf(),
+            Self::GradR => d.p * d.q * d.nf(),
         }
     }
 }
@@ -63,10 +54,10 @@ pub(crate) fn contract<T: FftFloat>(
     which: Contraction,
     a: &CudaSlice<T::Complex>,
     w: &CudaSlice<T::Complex>,
-    s: Sizes,
+    d: Dims,
     scale: f64,
 ) -> Result<CudaSlice<T::Complex>> {
-    let len = which.out_len(s);
+    let len = which.out_len(d);
     // SAFETY: every element is written by the kernel below.
     let mut out = unsafe { dev.alloc::<T::Complex>(len)? };
     if len == 0 {
@@ -74,11 +65,11 @@ pub(crate) fn contract<T: FftFloat>(
     }
     let cfg = match which {
         Contraction::GradR => {
-            let gx = u32::try_from(s.nf.div_ceil(DR_F)).map_err(|_| {
-                Error::Msg(format!("circulant (cuda): {} bins is too many", s.nf)).bt()
-            })?;
+            let nf = d.nf();
+            let gx = u32::try_from(nf.div_ceil(DR_F))
+                .map_err(|_| Error::Msg(format!("circulant (cuda): {nf} bins is too many")).bt())?;
             LaunchConfig {
-                grid_dim: (gx, (s.p * s.q).min(MAX_GRID_Y) as u32, 1),
+                grid_dim: (gx, (d.p * d.q).min(MAX_GRID_Y) as u32, 1),
                 block_dim: (DR_F as u32, DR_N, 1),
                 shared_mem_bytes: 0,
             }
@@ -88,17 +79,18 @@ pub(crate) fn contract<T: FftFloat>(
     let name = format!("{}_{}", which.name(), T::SUFFIX);
     let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
     let scale = T::from_f64(scale);
+    let nf = d.nf();
     {
         let mut builder = func.builder();
         builder
             .arg(a)
             .arg(w)
             .arg(&mut out)
-            .arg(&s.n)
-            .arg(&s.p)
-            .arg(&s.q)
-            .arg(&s.nf)
-            .arg(&s.b)
+            .arg(&d.n)
+            .arg(&d.p)
+            .arg(&d.q)
+            .arg(&nf)
+            .arg(&d.b)
             .arg(&scale);
         // SAFETY: the argument list matches the kernel signature in circulant.cu, and the
         // buffer lengths match the sizes (checked by the callers in circulant.rs).

@@ -2,11 +2,13 @@
 //! candle's CUDA stream, and small CUDA kernels (compiled to PTX at build time) for the
 //! per-frequency contractions of the forward pass and of both gradients.
 //!
-//! Everything is behind the `cuda` feature; without it the crate is empty and builds with no
-//! CUDA toolkit. cuFFT plans are created once per (device, thread, length, batch) and cached.
+//! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) is behind the `cuda`
+//! feature; without it the crate builds with no CUDA toolkit. cuFFT plans are created once per
+//! (device, thread, length, batch) and cached.
 
 #[cfg(feature = "cuda")]
 mod circulant;
+mod dims;
 #[cfg(feature = "cuda")]
 mod dtype;
 #[cfg(feature = "cuda")]
@@ -17,7 +19,8 @@ mod plan;
 mod pool;
 
 #[cfg(feature = "cuda")]
-pub use circulant::{backward, forward, forward_keep, BlockDims, Spectra};
+pub use circulant::{backward, forward, forward_keep, Spectra};
+pub use dims::Dims;
 #[cfg(feature = "cuda")]
 pub use dtype::FftFloat;
 #[cfg(feature = "cuda")]

@@ -16,7 +16,7 @@ mod testing;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda::CudaDevice;
 use candle_core::{Device, Result, WithDType};
-use kernels_cuda::{backward, forward, forward_keep, BlockDims, FftFloat};
+use kernels_cuda::{backward, forward, forward_keep, Dims, FftFloat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testing::{assert_close, cuda_device, reference_backward, reference_forward};
@@ -70,7 +70,7 @@ const SHAPES: &[(usize, usize, usize, usize)] = &[
 
 /// Host data of one call: x (n, q*b), r (p, q, b), g = dL/dy (n, p*b).
 struct Case {
-    d: BlockDims,
+    d: Dims,
     x: Vec<f64>,
     r: Vec<f64>,
     g: Vec<f64>,
@@ -79,7 +79,7 @@ struct Case {
 impl Case {
     fn new(rng: &mut StdRng, n: usize, p: usize, q: usize, b: usize) -> Self {
         Self {
-            d: BlockDims { n, p, q, b },
+            d: Dims { n, p, q, b },
             x: randn(rng, n * q * b),
             r: randn(rng, p * q * b),
             g: randn(rng, n * p * b),
@@ -87,7 +87,7 @@ impl Case {
     }
 
     fn reference(&self) -> (Vec<f64>, Vec<f64>) {
-        let BlockDims { n, p, q, b } = self.d;
+        let Dims { n, p, q, b } = self.d;
         let y = reference_forward(&self.x, &self.r, n, p, q, b);
         let (dx, dr) = reference_backward(&self.x, &self.r, &self.g, n, p, q, b);
         (y, [dx, dr].concat())
@@ -175,7 +175,7 @@ fn views_at_unaligned_offsets_are_read_from_their_offset() -> Result<()> {
 #[test]
 fn inputs_of_the_wrong_length_are_an_error() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
-    let d = BlockDims {
+    let d = Dims {
         n: 2,
         p: 1,
         q: 2,
@@ -205,13 +205,13 @@ fn spectra_saved_for_other_sizes_are_an_error() -> Result<()> {
     // Both size sets have 16 elements in x, r and y: only the saved sizes tell them apart.
     let ones = upload::<f64>(&dev, &[1.0; 16])?;
     let v = ones.slice(..);
-    let d1 = BlockDims {
+    let d1 = Dims {
         n: 2,
         p: 2,
         q: 2,
         b: 4,
     };
-    let d2 = BlockDims {
+    let d2 = Dims {
         n: 1,
         p: 1,
         q: 1,
@@ -264,7 +264,7 @@ fn batches_beyond_one_cufft_execution_are_chunked() -> Result<()> {
         xs[k * b + k] = 1.0;
     }
     let (x, r) = (dev.clone_htod(&xs)?, dev.clone_htod(&rs)?);
-    let d = BlockDims { n, p: 1, q: 1, b };
+    let d = Dims { n, p: 1, q: 1, b };
     let y = dev.clone_dtoh(&forward(&dev, &x.slice(..), &r.slice(..), d)?)?;
     for (k, row) in y.chunks(b).enumerate() {
         let want: Vec<f64> = (0..b).map(|s| rs[(s + b - k) % b] as f64).collect();

@@ -1,13 +1,19 @@
-//! Shape bookkeeping and input validation for the (block-)circulant projection.
+//! Shape bookkeeping and input validation for the (block-)circulant projection, shared by the
+//! CPU path (circulant-kernels) and the GPU path; built with or without the `cuda` feature.
 
-use candle_core::{bail, Result, Shape};
+use candle_core::{bail, Error, Result, Shape};
 
-/// Sizes of one call: `n` batch rows, a `p × q` grid of `b × b` circulant blocks.
+/// Sizes of one call: `x` is (n, q*b), `r` is (p, q, b), `y` is (n, p*b), all row-major: `n`
+/// batch rows, a `p × q` grid of `b × b` circulant blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Dims {
+pub struct Dims {
+    /// Batch rows.
     pub n: usize,
+    /// Output blocks.
     pub p: usize,
+    /// Input blocks.
     pub q: usize,
+    /// Block size (FFT length).
     pub b: usize,
 }
 
@@ -50,6 +56,38 @@ impl Dims {
     pub fn packed_grad_len(&self) -> usize {
         self.n * self.q * self.b + self.p * self.q * self.b
     }
+
+    fn mul(&self, factors: &[usize]) -> Result<usize> {
+        factors
+            .iter()
+            .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+            .ok_or_else(|| Error::Msg(format!("circulant: sizes {self:?} overflow usize")).bt())
+    }
+
+    /// Elements of `x`: n * q * b.
+    pub fn x_len(&self) -> Result<usize> {
+        self.mul(&[self.n, self.q, self.b])
+    }
+
+    /// Elements of `r`: p * q * b.
+    pub fn r_len(&self) -> Result<usize> {
+        self.mul(&[self.p, self.q, self.b])
+    }
+
+    /// Elements of `y` (and of its gradient): n * p * b.
+    pub fn y_len(&self) -> Result<usize> {
+        self.mul(&[self.n, self.p, self.b])
+    }
+
+    /// Bins of a real FFT's half spectrum: b/2 + 1.
+    pub fn nf(&self) -> usize {
+        self.b / 2 + 1
+    }
+
+    /// Whether some size is 0 (the output is empty or all zeros).
+    pub fn is_degenerate(&self) -> bool {
+        self.n == 0 || self.p == 0 || self.q == 0 || self.b == 0
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +108,16 @@ mod tests {
         );
         assert_eq!(d.out_shape(&Shape::from((2, 3, 12))).dims(), &[2, 3, 20]);
         assert_eq!(d.packed_grad_len(), 6 * 12 + 5 * 12);
+        assert_eq!((d.x_len().unwrap(), d.r_len().unwrap()), (6 * 12, 5 * 12));
+        assert_eq!((d.y_len().unwrap(), d.nf()), (6 * 20, 3));
+        assert!(!d.is_degenerate());
+        let huge = Dims {
+            n: usize::MAX,
+            p: 2,
+            q: 1,
+            b: 1,
+        };
+        assert!(huge.y_len().unwrap_err().to_string().contains("overflow"));
     }
 
     #[test]
