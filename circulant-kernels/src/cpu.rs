@@ -20,6 +20,7 @@
 //! The forward pass keeps `Ẑ` and `R̂` so the backward pass transforms only the gradient.
 //! Pairs of rows are split across threads (see `parallel`).
 
+use crate::buffers::Buffer;
 use crate::fft::{Plans, Real, Workspace};
 use crate::parallel::{map_rows, map_rows2};
 use candle_core::Result;
@@ -28,9 +29,9 @@ use rustfft::num_complex::Complex;
 
 /// FFTs of the blocks of every pair of rows of `x: (n, q*b)`, as `x[2k] + i·x[2k+1]`:
 /// `ceil(n/2)` pairs of `q*b` values.
-pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Vec<Complex<T>>> {
+pub(crate) fn spectra<T: Real>(x: &[T], d: Dims) -> Result<Buffer<T>> {
     let len = d.q * d.b;
-    let mut out = vec![Complex::default(); d.n.div_ceil(2) * len];
+    let mut out = Buffer::take(d.n.div_ceil(2) * len);
     let plans = Plans::<T>::new(d.b);
     map_rows(&mut out, len, |pairs, out| {
         let mut ws = plans.workspace();
@@ -55,14 +56,10 @@ pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>
 
 /// `y = x Wᵀ` for the block-circulant `W` given by `rs = weight_spectra(r)`, and the spectra of
 /// `x` (as [`spectra`] returns them, for the backward pass), in one pass over the rows.
-pub(crate) fn forward<T: Real>(
-    x: &[T],
-    rs: &[Complex<T>],
-    d: Dims,
-) -> Result<(Vec<T>, Vec<Complex<T>>)> {
+pub(crate) fn forward<T: Real>(x: &[T], rs: &[Complex<T>], d: Dims) -> Result<(Vec<T>, Buffer<T>)> {
     let (in_row, out_row, b) = (d.q * d.b, d.p * d.b, d.b);
     let mut y = vec![T::zero(); d.n * out_row];
-    let mut xs = vec![Complex::default(); d.n.div_ceil(2) * in_row];
+    let mut xs = Buffer::take(d.n.div_ceil(2) * in_row);
     let plans = Plans::<T>::new(b);
     map_rows2(&mut y, 2 * out_row, &mut xs, in_row, |pairs, y, xs| {
         let mut ws = plans.workspace();

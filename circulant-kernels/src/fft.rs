@@ -15,6 +15,8 @@ pub(crate) trait Real: FftNum + Default + candle_core::WithDType {
     fn planner() -> &'static Mutex<FftPlanner<Self>>;
     /// The real-FFT planner shared by every call.
     fn real_planner() -> &'static Mutex<RealFftPlanner<Self>>;
+    /// Spectra buffers free for reuse (see `buffers`).
+    fn free_buffers() -> &'static Mutex<Vec<Vec<Complex<Self>>>>;
 }
 
 macro_rules! impl_real {
@@ -27,6 +29,10 @@ macro_rules! impl_real {
             fn real_planner() -> &'static Mutex<RealFftPlanner<$t>> {
                 static PLANNER: OnceLock<Mutex<RealFftPlanner<$t>>> = OnceLock::new();
                 PLANNER.get_or_init(|| Mutex::new(RealFftPlanner::new()))
+            }
+            fn free_buffers() -> &'static Mutex<Vec<Vec<Complex<$t>>>> {
+                static FREE: Mutex<Vec<Vec<Complex<$t>>>> = Mutex::new(Vec::new());
+                &FREE
             }
         }
     };

@@ -9,6 +9,7 @@
 //! dtype f32 and f64 are computed exactly in that dtype; f16 and bf16 are computed in f32 and
 //! returned in the input dtype. With the `cuda` feature, CUDA tensors run on the GPU.
 
+mod buffers;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
