@@ -5,6 +5,8 @@
 #                                # circulant 5 epochs with the default recipe, and the README's
 #                                # quick start (Fashion-MNIST, 2 epochs): ~10 min on 2 cores once
 #                                # the release build exists, then a table
+#   scripts/reproduce.sh fashion # Fashion-MNIST mnist-cnn, 10 epochs with each head's default
+#                                # recipe, circulant and dense (~15 min on 2 cores)
 #   scripts/reproduce.sh full    # every run in docs/RESULTS.md: MNIST (mnist-cnn, mlp),
 #                                # Fashion-MNIST, CIFAR-10 (cifar-cnn), with dense, circulant,
 #                                # block:64 and dense-classifier heads, then the AlexNet timings
@@ -16,13 +18,16 @@
 # ../shared/datasets/cifar10-jpeg.tar.gz unpacked under $RUNS). Runs go to $RUNS (default
 # runs/repro). With RECORD=1 each run's metrics.jsonl, curves.png and output (train.log) are
 # also copied to docs/runs/<dataset>-<network>-<head>-<variant>/ and the docs tables are
-# regenerated (scripts/docs-tables.py).
+# regenerated (scripts/docs-tables.py). TRAINER=path runs that trainer binary instead of building
+# target/release/trainer.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=${1:-quick}
 MNIST_DIR=${MNIST_DIR:-$ROOT/../shared/datasets/mnist}
 RUNS=${RUNS:-$ROOT/runs/repro}
-export TRAINER=$ROOT/target/release/trainer
+BUILD=1
+[ -n "${TRAINER:-}" ] && BUILD=0
+export TRAINER=${TRAINER:-$ROOT/target/release/trainer}
 
 # Jobs: "dataset model head epochs optimizer [extra trainer options]"; optimizer "default" runs
 # the trainer's default recipe (no --optimizer), "quickstart" too: the README's quick start.
@@ -30,6 +35,8 @@ case $MODE in
   quick) JOBS=("mnist mnist-cnn dense 1 sgd" "mnist mnist-cnn circulant 1 sgd"
                "mnist mnist-cnn circulant 5 default"
                "fashion-mnist mnist-cnn circulant 2 quickstart") ;;
+  fashion) JOBS=("fashion-mnist mnist-cnn circulant 10 default"
+                 "fashion-mnist mnist-cnn dense 10 default") ;;
   full) JOBS=(
           "mnist mnist-cnn dense 5 sgd" "mnist mnist-cnn circulant 5 sgd"
           "mnist mnist-cnn dense 5 adamw" "mnist mnist-cnn circulant 5 adamw"
@@ -40,9 +47,10 @@ case $MODE in
           "mnist mlp circulant 5 adamw --classifier-head dense"
           "fashion-mnist mnist-cnn dense 2 sgd" "fashion-mnist mnist-cnn circulant 2 sgd"
           "fashion-mnist mnist-cnn block:64 2 sgd"
+          "fashion-mnist mnist-cnn circulant 10 default" "fashion-mnist mnist-cnn dense 10 default"
           "cifar10 cifar-cnn dense 12 adamw --batch-size 128 --min-crop-scale 0.5"
           "cifar10 cifar-cnn circulant 12 adamw --batch-size 128 --min-crop-scale 0.5") ;;
-  *) echo "usage: $0 quick|full" >&2; exit 2 ;;
+  *) echo "usage: $0 quick|fashion|full" >&2; exit 2 ;;
 esac
 DEVICE=${DEVICE:-cpu}
 [ -d "$MNIST_DIR" ] || { echo "error: no MNIST files in $MNIST_DIR (set MNIST_DIR)" >&2; exit 1; }
@@ -57,7 +65,7 @@ if [ "$MODE" = full ] && [ -z "${CIFAR_DIR:-}" ]; then
   fi
 fi
 
-(cd "$ROOT" && cargo build --release -p trainer)
+[ "$BUILD" = 0 ] || (cd "$ROOT" && cargo build --release -p trainer)
 mkdir -p "$RUNS"
 rows=()
 for job in "${JOBS[@]}"; do
