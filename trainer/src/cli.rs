@@ -245,7 +245,9 @@ pub struct TrainArgs {
     /// Synthetic dataset: number of classes
     #[arg(long)]
     pub synthetic_classes: Option<usize>,
-    /// Write a line of training metrics to metrics-steps.jsonl every N steps (0: never)
+    /// Write a line of training metrics to metrics-steps.jsonl every N steps (0: never). The
+    /// training loss and accuracy are read from the device only at those steps, at checkpoints
+    /// and at the end of an epoch: on a GPU a larger N means fewer waits for it
     #[arg(long, value_name = "N")]
     pub log_every: Option<u64>,
     /// Do not draw progress bars (they are also hidden when stderr is not a terminal)

@@ -473,6 +473,158 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() {
     assert_eq!(tensors(&out.join("train_state.safetensors")), state_before);
 }
 
+/// With the loss read from the device only at step records and checkpoints, weights that went
+/// NaN between two reads are caught by the read before the next checkpoint: the run stops and
+/// no checkpoint on disk holds an inf or NaN. Weights that overflow while the loss read is still
+/// finite are caught too.
+#[test]
+fn divergence_between_reads_never_reaches_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        s(&first),
+    ];
+    args.extend(SYNTH);
+    ok(&args); // 5 steps
+    let after_first = tensors(&first.join("model.safetensors"));
+    let resume = |name: &str, lr: &str, save_every: &str, want: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for (f, bytes) in files(&first) {
+            std::fs::write(dir.join(f), bytes).unwrap();
+        }
+        let line = fails(
+            &[
+                "train",
+                "--resume",
+                s(&dir),
+                "--epochs",
+                "3",
+                "--lr",
+                lr,
+                "--schedule",
+                "const",
+                "--momentum",
+                "0",
+                "--save-every",
+                save_every,
+                "--log-every",
+                "1000",
+                "--no-progress",
+            ],
+            want,
+        );
+        assert!(line.contains("training diverged"), "{line}");
+        for f in ["model.safetensors", "train_state.safetensors"] {
+            assert!(
+                all_finite(&dir.join(f)),
+                "{f} holds inf or NaN after: {line}"
+            );
+        }
+        (dir, line)
+    };
+    // Step 6 is saved with huge but finite weights; steps 7 and 8 compute a NaN loss and make
+    // the weights NaN, which the read before the checkpoint of step 8 finds.
+    let (_, line) = resume("nan", "1e30", "2", "the training loss became NaN");
+    assert!(line.contains("steps 7-8"), "{line}");
+    assert!(line.contains("(step 6) is intact"), "{line}");
+    // The update of step 6 overflows the weights while its loss was finite.
+    let (dir, line) = resume("inf", "1e39", "1", "the weights became inf or NaN");
+    assert!(line.contains("(step 5) is intact"), "{line}");
+    assert_eq!(tensors(&dir.join("model.safetensors")), after_first);
+}
+
+/// Whether every floating-point value of a safetensors file is finite.
+fn all_finite(path: &Path) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().all(|(_, v)| match v.dtype() {
+        safetensors::Dtype::F32 => v
+            .data()
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite()),
+        safetensors::Dtype::F64 => v
+            .data()
+            .chunks_exact(8)
+            .all(|b| f64::from_le_bytes(b.try_into().unwrap()).is_finite()),
+        _ => true,
+    })
+}
+
+/// Step records are written at the multiples of --log-every, with the numbers of a run that
+/// reads the loss at every step; how often the loss is read changes nothing else either.
+#[test]
+fn step_records_at_multiples_of_log_every_read_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |log_every: &str| {
+        let out = tmp.path().join(format!("every-{log_every}"));
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--log-every",
+            log_every,
+            "--out",
+            s(&out),
+        ];
+        args.extend(SYNTH);
+        ok(&args);
+        out
+    };
+    let (every1, every3, never) = (run("1"), run("3"), run("0"));
+    let all = steps_without_timing(&every1);
+    let m = metrics_without_timing(&every1);
+    let total = m[1]["step"].as_u64().unwrap();
+    assert!(total >= 12, "{m:?}");
+    assert_eq!(all.len() as u64, total);
+    for (k, r) in all.iter().enumerate() {
+        assert_eq!(r["step"], k + 1);
+    }
+    // An epoch's last record holds the epoch's means; its first, the loss of its first step.
+    let per_epoch = total / 2;
+    for (e, epoch) in m[..2].iter().enumerate() {
+        let last = &all[(e as u64 * per_epoch + per_epoch - 1) as usize];
+        assert_eq!(last["epoch"], e + 1);
+        assert_eq!(last["train_loss"], epoch["train_loss"]);
+        assert_eq!(last["train_acc"], epoch["train_acc"]);
+        let first = &all[(e as u64 * per_epoch) as usize];
+        assert_eq!(first["train_loss"], first["loss"]);
+    }
+    let want: Vec<Value> = all
+        .iter()
+        .filter(|r| r["step"].as_u64().unwrap() % 3 == 0)
+        .cloned()
+        .collect();
+    assert_eq!(want.len() as u64, total / 3);
+    assert_eq!(steps_without_timing(&every3), want);
+    let never_steps =
+        std::fs::read_to_string(never.join("metrics-steps.jsonl")).unwrap_or_default();
+    assert!(never_steps.is_empty(), "{never_steps}");
+    for dir in [&every3, &never] {
+        assert_eq!(metrics_without_timing(dir), m);
+        assert_eq!(
+            tensors(&dir.join("train_state.safetensors")),
+            tensors(&every1.join("train_state.safetensors"))
+        );
+    }
+}
+
 fn write_gz(path: &Path, bytes: &[u8]) {
     let mut e = flate2::write::GzEncoder::new(
         std::fs::File::create(path).unwrap(),

@@ -8,6 +8,7 @@
 //! each trains on its shard of every global batch (`dist::shard`) with gradients summed over
 //! the ranks; rank 0 alone writes the run directory (`output`).
 
+mod accum;
 mod output;
 mod run_dir;
 pub mod settings;
@@ -325,6 +326,9 @@ fn train_in(
         ..loader_cfg.clone()
     };
     let order = data::epoch_order(splits.train.len(), run.seed, state.epoch);
+    trainer
+        .stats
+        .reset(state.accum.loss_sum, state.accum.correct)?;
     let mut r = Run {
         out,
         world_size,
@@ -332,6 +336,7 @@ fn train_in(
         config,
         trainer,
         last_saved: args.resume.as_ref().map(|_| state.global_step),
+        read_step: state.global_step,
         state,
         splits,
         order,
@@ -396,6 +401,9 @@ struct Run<'a> {
     save_every: Option<u64>,
     /// Step of the last checkpoint written (by this process or the one resumed).
     last_saved: Option<u64>,
+    /// Step at the last read of the training statistics from the device, which found them
+    /// finite (or where the run started).
+    read_step: u64,
 }
 
 impl Run<'_> {
@@ -464,44 +472,57 @@ impl Run<'_> {
                     .step_part(batch_images, &labels, global, self.state.global_step)?;
             let n = step.samples;
             lr = step.lr;
-            if !step.loss.is_finite() {
-                bar.abandon();
-                return Err(self.diverged(step.loss, lr));
-            }
             let st = &mut self.state;
-            st.accum.loss_sum += step.loss * n as f64;
-            st.accum.correct += step.correct;
             st.accum.seen += n;
             st.global_step += 1;
             st.batch_in_epoch += 1;
             images += n;
-            let (loss, acc) = self.train_means();
-            let per_sec = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
             bar.inc(1);
-            bar.set_message(progress::train_message(loss, acc, per_sec, lr));
+            if let Some(loss) = step.loss.filter(|l| !l.is_finite()) {
+                bar.abandon();
+                let what = format!("the training loss became {loss}");
+                return Err(self.diverged(&what, self.state.global_step));
+            }
+            // The loss and accuracy stay on the device but at the steps that need them: a
+            // step record, a checkpoint, the end of the epoch.
             let st = &self.state;
             let log_every = self.config.adjustable.log_every;
-            if log_every > 0 && st.global_step.is_multiple_of(log_every) {
-                self.out.step(&StepRecord {
-                    epoch: epoch + 1,
-                    step: st.global_step,
-                    lr,
-                    loss: step.loss,
-                    train_loss: loss,
-                    train_acc: acc,
-                    images_per_sec: per_sec,
-                })?;
-            }
+            let log = log_every > 0 && st.global_step.is_multiple_of(log_every);
             let epoch_done = st.batch_in_epoch >= steps;
-            if !epoch_done && self.hit_max_steps() {
+            let stop = !epoch_done && self.hit_max_steps();
+            let periodic = !epoch_done
+                && self
+                    .save_every
+                    .is_some_and(|k| st.global_step.is_multiple_of(k));
+            if log || stop || periodic {
+                let step_loss = self.read_stats().inspect_err(|_| bar.abandon())?;
+                let (loss, acc) = self.train_means();
+                let per_sec = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(progress::train_message(loss, acc, per_sec, lr));
+                if log {
+                    let Some(step_loss) = step_loss else {
+                        bail!(
+                            "internal error: no loss recorded for step {}",
+                            self.state.global_step
+                        );
+                    };
+                    self.out.step(&StepRecord {
+                        epoch: epoch + 1,
+                        step: self.state.global_step,
+                        lr,
+                        loss: step_loss,
+                        train_loss: loss,
+                        train_acc: acc,
+                        images_per_sec: per_sec,
+                    })?;
+                }
+            }
+            if stop {
                 bar.finish_and_clear();
                 self.end_partial_epoch(lr, start, images)?;
                 return Ok(false);
             }
-            let periodic = self
-                .save_every
-                .is_some_and(|k| self.state.global_step.is_multiple_of(k));
-            if !epoch_done && periodic {
+            if periodic {
                 self.save()?;
             }
         }
@@ -517,7 +538,33 @@ impl Run<'_> {
         (a.loss_sum / seen, a.correct as f64 / seen)
     }
 
-    fn diverged(&self, loss: f64, lr: f64) -> anyhow::Error {
+    /// Reads the training statistics from the device into the state's accumulator (a sync with
+    /// the device) and returns the last step's loss. Fails with the divergence error when the
+    /// loss is no longer finite: the weights may then be too, and must not be saved.
+    fn read_stats(&mut self) -> Result<Option<f64>> {
+        let r = self.trainer.stats.read()?;
+        if !r.loss_sum.is_finite() {
+            let seen = self.state.accum.seen.max(1) as f64;
+            let what = format!("the training loss became {}", r.loss_sum / seen);
+            return Err(self.diverged(&what, self.read_step + 1));
+        }
+        let a = &mut self.state.accum;
+        a.loss_sum = r.loss_sum;
+        a.correct = r.correct;
+        self.read_step = self.state.global_step;
+        Ok(r.last_loss)
+    }
+
+    /// The error that stops a diverged run: `what` happened in the steps (numbered from 1) from
+    /// `first` to the current one.
+    fn diverged(&self, what: &str, first: u64) -> anyhow::Error {
+        let last = self.state.global_step;
+        let steps = if first >= last {
+            format!("step {last}")
+        } else {
+            format!("steps {first}-{last}")
+        };
+        let lr = self.trainer.lr(last.saturating_sub(1));
         let kept = match self.last_saved {
             Some(s) => format!(
                 "the last checkpoint in {} (step {s}) is intact",
@@ -526,10 +573,9 @@ impl Run<'_> {
             None => "no checkpoint was written".to_string(),
         };
         anyhow::anyhow!(
-            "the training loss became {loss} at epoch {}, step {} (lr {lr:.3e}): training \
-             diverged and was stopped; {kept}. Lower --lr or add --warmup{}",
+            "{what} at epoch {}, {steps} (lr {lr:.3e}): training diverged and was stopped; \
+             {kept}. Lower --lr or add --warmup{}",
             self.state.epoch + 1,
-            self.state.global_step + 1,
             if self.last_saved.is_some() {
                 ", then --resume"
             } else {
@@ -575,6 +621,7 @@ impl Run<'_> {
     }
 
     fn end_epoch(&mut self, lr: f64, start: Instant, images: u64) -> Result<()> {
+        self.read_stats()?;
         let record = self.record(lr, start, images, false)?;
         let improved = record
             .val_acc
@@ -587,6 +634,7 @@ impl Run<'_> {
         st.epoch += 1;
         st.batch_in_epoch = 0;
         st.accum = Default::default();
+        self.trainer.stats.reset(0.0, 0)?;
         self.order = data::epoch_order(self.splits.train.len(), self.config.run.seed, st.epoch);
         self.save()?;
         if improved {
@@ -598,14 +646,21 @@ impl Run<'_> {
     }
 
     fn end_partial_epoch(&mut self, lr: f64, start: Instant, images: u64) -> Result<()> {
+        self.read_stats()?;
         let record = self.record(lr, start, images, true)?;
         self.print_epoch(&record, false);
         self.state.partial = Some(record);
         self.save()
     }
 
-    /// Writes the train state, then the model (each atomically).
+    /// Writes the train state, then the model (each atomically), once the training statistics
+    /// and the weights are read and found finite: a diverged run never overwrites the last good
+    /// checkpoint.
     fn save(&mut self) -> Result<()> {
+        self.read_stats()?;
+        if !self.trainer.weights_finite()? {
+            return Err(self.diverged("the weights became inf or NaN", self.state.global_step));
+        }
         self.save_state()?;
         self.save_model(MODEL_FILE)?;
         self.last_saved = Some(self.state.global_step);

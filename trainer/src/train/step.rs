@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use circulant_model::{Mode, Model};
 
 use crate::cli::OptimizerKind;
@@ -10,6 +10,7 @@ use crate::data::{derive_seed, Shape};
 use crate::dist::GradSync;
 use crate::eval;
 use crate::optim::{AdamW, Optimizer, Schedule, Sgd};
+use crate::train::accum::DeviceStats;
 use crate::train::settings::TrainConfig;
 
 /// A model with its optimizer and learning-rate schedule.
@@ -23,6 +24,9 @@ pub struct Trainer {
     no_dropout: bool,
     /// Set in a data-parallel run: the gradient sums over the ranks.
     dist: Option<Dist>,
+    /// The running loss and correct predictions of the steps taken, on the device: every step
+    /// adds to them, the caller reads and resets them.
+    pub stats: DeviceStats,
 }
 
 struct Dist {
@@ -31,13 +35,14 @@ struct Dist {
     params: Vec<Var>,
 }
 
-/// What one step computed.
+/// What one step computed. Its loss and correct predictions went into [`Trainer::stats`].
 pub struct StepResult {
-    /// Mean cross-entropy of the batch (over every rank); when it is not finite the weights were
-    /// not updated.
-    pub loss: f64,
-    /// Correct top-1 predictions in the batch (over every rank).
-    pub correct: u64,
+    /// Mean cross-entropy of the batch over every rank, where the step had it on the host
+    /// already: in a data-parallel step, whose statistics are summed with the gradients. When it
+    /// is not finite the weights were not updated. None in a one-process step, which leaves the
+    /// loss on the device and updates the weights whatever it is: they may then have become
+    /// non-finite, which the next read of [`Trainer::stats`] reveals.
+    pub loss: Option<f64>,
     /// Learning rate of the step.
     pub lr: f64,
     /// Samples of the batch (over every rank).
@@ -79,6 +84,7 @@ impl Trainer {
             gamma: a.gamma,
         };
         let shape = Shape::of(&model.config().input);
+        let stats = DeviceStats::new(model.device())?;
         Ok(Trainer {
             model,
             optimizer,
@@ -87,6 +93,7 @@ impl Trainer {
             shape,
             no_dropout: config.run.no_dropout,
             dist: None,
+            stats,
         })
     }
 
@@ -95,6 +102,22 @@ impl Trainer {
         let params = self.model.trainable().into_iter().map(|(_, v)| v).collect();
         self.dist = Some(Dist { sync, params });
         self
+    }
+
+    /// Whether every tensor of the model (weights and running statistics) is finite: one small
+    /// read from the device.
+    pub fn weights_finite(&self) -> Result<bool> {
+        // 0 × x is 0 for a finite x and NaN for inf or NaN; the sum keeps any NaN.
+        let zeros = self
+            .model
+            .tensors()
+            .into_iter()
+            .map(|(_, t)| t.affine(0.0, 0.0)?.to_dtype(DType::F32)?.sum_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if zeros.is_empty() {
+            return Ok(true);
+        }
+        Ok(Tensor::stack(&zeros, 0)?.sum_all()?.to_scalar::<f32>()? == 0.0)
     }
 
     /// Learning rate at `global_step`.
@@ -117,7 +140,7 @@ impl Trainer {
     }
 
     /// Step number `global_step` (0-based) on a batch of normalised CHW images: forward,
-    /// cross-entropy, backward, optimizer update.
+    /// cross-entropy, backward, optimizer update. Waits for nothing on the device.
     pub fn step(
         &mut self,
         images: Vec<f32>,
@@ -131,6 +154,9 @@ impl Trainer {
     /// global batch of `global_batch` samples. In a data-parallel run each rank weighs its mean
     /// loss by its share of the batch, and the gradients are summed over the ranks: the update
     /// is the one-process update on the whole batch.
+    ///
+    /// A one-process step only queues work on the device; a data-parallel step waits for its
+    /// gradients and statistics to be summed over the ranks.
     pub fn step_part(
         &mut self,
         images: Vec<f32>,
@@ -156,27 +182,17 @@ impl Trainer {
             let y = Tensor::from_slice(labels, n, &device)?;
             let logits = self.model.forward(&x, mode)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            local = Some((logits, loss));
+            local = Some((logits, loss, y));
         }
         let Some(dist) = &mut self.dist else {
-            let Some((logits, loss)) = local else {
+            let Some((logits, loss, y)) = local else {
                 bail!("internal error: an empty one-process step");
             };
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                return Ok(StepResult {
-                    loss: loss_value,
-                    correct: 0,
-                    lr,
-                    samples: n as u64,
-                });
-            }
+            self.stats.add(&loss, &logits, &y)?;
             let grads = loss.backward()?;
             self.optimizer.step(&grads, lr)?;
-            let (_, correct, _) = eval::score(&eval::host_logits(&logits)?, labels)?;
             return Ok(StepResult {
-                loss: loss_value,
-                correct,
+                loss: None,
                 lr,
                 samples: n as u64,
             });
@@ -186,7 +202,7 @@ impl Trainer {
         let mut tensors = Vec::with_capacity(dist.params.len() + 1);
         let (mut loss_sum, mut correct) = (0.0, 0);
         match &local {
-            Some((logits, loss)) => {
+            Some((logits, loss, _)) => {
                 loss_sum = loss.to_scalar::<f32>()? as f64 * n as f64;
                 correct = eval::score(&eval::host_logits(logits)?, labels)?.1;
                 let grads = (loss * (n as f64 / global_batch as f64))?.backward()?;
@@ -218,9 +234,10 @@ impl Trainer {
             );
         }
         let loss = stats[0] as f64 / samples as f64;
+        self.stats
+            .add_host(loss, samples, stats[1].round() as u64)?;
         let step = StepResult {
-            loss,
-            correct: stats[1].round() as u64,
+            loss: Some(loss),
             lr,
             samples,
         };
@@ -294,7 +311,7 @@ mod tests {
                         let x = images[part.start * D..part.end * D].to_vec();
                         let g = shard.global_range(k).len();
                         let r = t.step_part(x, &labels[part], g, k as u64).unwrap();
-                        assert!(r.loss.is_finite() && r.samples == g as u64);
+                        assert!(r.loss.is_some_and(f64::is_finite) && r.samples == g as u64);
                     }
                     weights(&t)
                 })
@@ -351,6 +368,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The loss and correct predictions summed on the device over several steps, read once, are
+    /// the sums of each step's figures computed on the host.
+    #[test]
+    fn device_stats_sum_the_steps() -> Result<()> {
+        let (images, labels) = data();
+        // Without dropout the step's forward pass is the evaluation one.
+        let mut t = trainer("sgd");
+        let device = candle_core::Device::Cpu;
+        let (mut loss_sum, mut correct, mut last) = (0.0f64, 0u64, 0.0);
+        // 52 samples: batches of 16, 16, 16 and 4.
+        for (k, (x, y)) in images.chunks(16 * D).zip(labels.chunks(16)).enumerate() {
+            let n = y.len();
+            let logits = t
+                .model
+                .forward(&Tensor::from_slice(x, (n, 1, 28, 28), &device)?, Mode::Eval)?;
+            let y_dev = Tensor::from_slice(y, n, &device)?;
+            last = candle_nn::loss::cross_entropy(&logits, &y_dev)?.to_scalar::<f32>()? as f64;
+            loss_sum += last * n as f64;
+            correct += eval::score(&eval::host_logits(&logits)?, y)?.1;
+            let r = t.step(x.to_vec(), y, k as u64)?;
+            assert!(r.loss.is_none(), "a one-process step read its loss");
+        }
+        assert!(correct > 0 && loss_sum > 0.0);
+        let read = t.stats.read()?;
+        assert_eq!((read.loss_sum, read.correct), (loss_sum, correct));
+        assert_eq!(read.last_loss, Some(last));
+        Ok(())
     }
 
     #[test]
