@@ -9,6 +9,7 @@
 //! the ranks; rank 0 alone writes the run directory (`output`).
 
 mod accum;
+mod checkpointer;
 mod output;
 mod run_dir;
 pub mod settings;
@@ -31,6 +32,7 @@ use crate::dist::{self, Plan, Role, World};
 use crate::eval::{self, EvalResult};
 use crate::metrics::{EpochRecord, StepRecord, TestRecord};
 use crate::progress;
+use checkpointer::Checkpointer;
 use output::Output;
 use run_dir::RunDir;
 use settings::{TrainConfig, ValSplit};
@@ -329,13 +331,18 @@ fn train_in(
     trainer
         .stats
         .reset(state.accum.loss_sum, state.accum.correct)?;
+    let checkpoints = Checkpointer::new(
+        out,
+        args.save_every,
+        args.resume.as_ref().map(|_| state.global_step),
+    );
     let mut r = Run {
         out,
+        checkpoints,
         world_size,
         rank,
         config,
         trainer,
-        last_saved: args.resume.as_ref().map(|_| state.global_step),
         read_step: state.global_step,
         state,
         splits,
@@ -344,7 +351,6 @@ fn train_in(
         eval_cfg,
         show_progress: !args.no_progress && role.writes(),
         max_steps: args.max_steps,
-        save_every: args.save_every.filter(|&k| k > 0),
     };
     // What a resumed run had recorded at its last stop is outdated once it trains on.
     r.state.partial = None;
@@ -385,6 +391,7 @@ fn nothing_to_do(
 /// A run in progress.
 struct Run<'a> {
     out: Output<'a>,
+    checkpoints: Checkpointer<'a>,
     /// Processes of the run, and this one's rank.
     world_size: usize,
     rank: usize,
@@ -398,9 +405,6 @@ struct Run<'a> {
     eval_cfg: LoaderConfig,
     show_progress: bool,
     max_steps: Option<u64>,
-    save_every: Option<u64>,
-    /// Step of the last checkpoint written (by this process or the one resumed).
-    last_saved: Option<u64>,
     /// Step at the last read of the training statistics from the device, which found them
     /// finite (or where the run started).
     read_step: u64,
@@ -490,10 +494,7 @@ impl Run<'_> {
             let log = log_every > 0 && st.global_step.is_multiple_of(log_every);
             let epoch_done = st.batch_in_epoch >= steps;
             let stop = !epoch_done && self.hit_max_steps();
-            let periodic = !epoch_done
-                && self
-                    .save_every
-                    .is_some_and(|k| st.global_step.is_multiple_of(k));
+            let periodic = !epoch_done && self.checkpoints.periodic_due(st.global_step);
             if log || stop || periodic {
                 let step_loss = self.read_stats().inspect_err(|_| bar.abandon())?;
                 let (loss, acc) = self.train_means();
@@ -565,7 +566,7 @@ impl Run<'_> {
             format!("steps {first}-{last}")
         };
         let lr = self.trainer.lr(last.saturating_sub(1));
-        let kept = match self.last_saved {
+        let kept = match self.checkpoints.last_saved() {
             Some(s) => format!(
                 "the last checkpoint in {} (step {s}) is intact",
                 self.out.dir().path().display()
@@ -576,7 +577,7 @@ impl Run<'_> {
             "{what} at epoch {}, {steps} (lr {lr:.3e}): training diverged and was stopped; \
              {kept}. Lower --lr or add --warmup{}",
             self.state.epoch + 1,
-            if self.last_saved.is_some() {
+            if self.checkpoints.last_saved().is_some() {
                 ", then --resume"
             } else {
                 ""
@@ -638,7 +639,7 @@ impl Run<'_> {
         self.order = data::epoch_order(self.splits.train.len(), self.config.run.seed, st.epoch);
         self.save()?;
         if improved {
-            self.save_model(BEST_FILE)?;
+            self.checkpoints.save_best(&self.state, &self.trainer)?;
         }
         self.write_metrics()?;
         self.print_epoch(&record, improved);
@@ -661,26 +662,8 @@ impl Run<'_> {
         if !self.trainer.weights_finite()? {
             return Err(self.diverged("the weights became inf or NaN", self.state.global_step));
         }
-        self.save_state()?;
-        self.save_model(MODEL_FILE)?;
-        self.last_saved = Some(self.state.global_step);
-        Ok(())
-    }
-
-    /// Writes `train_state.safetensors`: everything a resume needs.
-    fn save_state(&self) -> Result<()> {
-        self.out.state(
-            &self.state,
-            &self.trainer.model,
-            || self.trainer.optimizer.state(),
-            &self.order,
-        )
-    }
-
-    /// Writes the model, with the class names in its metadata.
-    fn save_model(&self, name: &str) -> Result<()> {
-        self.out
-            .model(name, &self.trainer.model, self.state.class_names.clone())
+        self.checkpoints
+            .save(&self.state, &self.trainer, &self.order)
     }
 
     fn write_metrics(&self) -> Result<()> {
@@ -737,7 +720,7 @@ impl Run<'_> {
     /// Evaluates the test split once (on `best.safetensors` when validation chose one), records
     /// it in the state and metrics, and reports.
     fn finish(mut self) -> Result<()> {
-        if self.last_saved != Some(self.state.global_step) {
+        if self.checkpoints.last_saved() != Some(self.state.global_step) {
             self.save()?;
         }
         // The test split is evaluated and reported by the writer alone.
@@ -779,7 +762,8 @@ impl Run<'_> {
             val_images,
             test_images,
         });
-        self.save_state()?;
+        self.checkpoints
+            .save_state(&self.state, &self.trainer, &self.order)?;
         self.write_metrics()?;
         let top5 = r
             .top5

@@ -14,6 +14,7 @@ use crate::plot;
 use super::run_dir::RunDir;
 
 /// The files of a run, written only by the writer.
+#[derive(Clone, Copy)]
 pub struct Output<'a> {
     dir: &'a RunDir,
     role: Role,
