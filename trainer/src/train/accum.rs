@@ -50,8 +50,10 @@ impl DeviceStats {
     /// when its label is the argmax of its logits.
     pub fn add(&mut self, loss: &Tensor, logits: &Tensor, labels: &Tensor) -> Result<()> {
         let n = labels.dim(0)?;
-        let loss = loss.to_dtype(DType::F64)?;
+        // Detached: the sums must not hold on to the step's autograd graph (its activations).
+        let loss = loss.detach().to_dtype(DType::F64)?;
         let correct = logits
+            .detach()
             .argmax(1)?
             .eq(labels)?
             .to_dtype(DType::F64)?
@@ -126,6 +128,23 @@ mod tests {
                 last_loss: None
             }
         );
+        Ok(())
+    }
+
+    /// The sums keep numbers, not the autograd graph of the steps (which holds every
+    /// activation of a forward pass: kept, it grew the memory with every step of an epoch).
+    #[test]
+    fn sums_do_not_hold_the_steps_graphs() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = candle_core::Var::new(&[[1.0f32, -1.0], [0.5, 2.0]], &dev)?;
+        let logits = w.as_tensor().affine(2.0, 0.0)?;
+        let loss = logits.sum_all()?;
+        assert!(loss.track_op() && logits.track_op());
+        let mut s = DeviceStats::new(&dev)?;
+        s.add(&loss, &logits, &Tensor::new(&[0u32, 1], &dev)?)?;
+        assert!(!s.sums.track_op());
+        assert!(!s.last_loss.as_ref().is_some_and(Tensor::track_op));
+        assert_eq!(s.read()?.correct, 2);
         Ok(())
     }
 }
