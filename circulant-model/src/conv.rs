@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, matmul, use_cpu_op, Mat};
+use crate::cpu::{f32_slice, matmul, use_cpu_op, with_scratch, Mat};
 use crate::error::{Error, Result};
 
 /// A 2-d convolution without groups or dilation: weight `(c_out, c_in, k, k)`, bias `(c_out)`.
@@ -294,17 +294,18 @@ impl CustomOp3 for Conv2dOp {
         y.par_chunks_mut(per_task * g.out_len())
             .zip(x.par_chunks(per_task * g.in_len()))
             .for_each(|(ys, xs)| {
-                let mut cols = vec![0f32; ckk * l];
-                for (y, img) in ys.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-                    g.im2col(img, &mut cols);
-                    for (plane, b) in y.chunks_mut(l).zip(bias) {
-                        plane.fill(*b);
+                with_scratch(ckk * l, |cols| {
+                    for (y, img) in ys.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
+                        g.im2col(img, cols);
+                        for (plane, b) in y.chunks_mut(l).zip(bias) {
+                            plane.fill(*b);
+                        }
+                        matmul(y, weight, Mat::rows(cols, ckk, l), true, parallel_gemm);
+                        if relu {
+                            y.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
                     }
-                    matmul(y, weight, Mat::rows(&cols, ckk, l), true, parallel_gemm);
-                    if relu {
-                        y.iter_mut().for_each(|v| *v = v.max(0.0));
-                    }
-                }
+                })
             });
         Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()))
     }
