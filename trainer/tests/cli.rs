@@ -429,11 +429,8 @@ fn resume_is_exact_after_max_steps_and_after_sigkill() {
     );
 }
 
-/// A diverging run stops with a clear message and leaves the last checkpoint intact.
-#[test]
-fn nan_loss_stops_and_keeps_the_last_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
+/// Trains the synthetic mlp for one epoch (5 steps of 32 images) into `out`.
+fn train_one_epoch_mlp(out: &Path) {
     let mut args = vec![
         "train",
         "--dataset",
@@ -445,10 +442,18 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() {
         "--batch-size",
         "32",
         "--out",
-        s(&out),
+        s(out),
     ];
     args.extend(SYNTH);
     ok(&args);
+}
+
+/// A diverging run stops with a clear message and leaves the last checkpoint intact.
+#[test]
+fn nan_loss_stops_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    train_one_epoch_mlp(&out);
     let before = tensors(&out.join("model.safetensors"));
     let state_before = tensors(&out.join("train_state.safetensors"));
     let line = fails(
@@ -481,21 +486,7 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() {
 fn divergence_between_reads_never_reaches_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let first = tmp.path().join("first");
-    let mut args = vec![
-        "train",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "mlp",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--out",
-        s(&first),
-    ];
-    args.extend(SYNTH);
-    ok(&args); // 5 steps
+    train_one_epoch_mlp(&first); // 5 steps
     let after_first = tensors(&first.join("model.safetensors"));
     let resume = |name: &str, lr: &str, save_every: &str, want: &str| {
         let dir = tmp.path().join(name);
