@@ -8,7 +8,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, matmul, use_cpu_op, with_scratch, Mat};
+use std::ops::Range;
+
+use crate::cpu::{f32_slice, gemm_block, matmul, use_cpu_op, with_scratch, Mat, SendPtr};
 use crate::error::{Error, Result};
 
 /// A 2-d convolution without groups or dilation: weight `(c_out, c_in, k, k)`, bias `(c_out)`.
@@ -102,6 +104,10 @@ struct Conv2dOp {
     relu: bool,
 }
 
+/// Output pixels per block of the forward pass (see [`Geometry::blocks`]): measured on the
+/// AlexNet convolutions (docs/bench/).
+const BLOCK_PIXELS: usize = 256;
+
 /// Geometry of one convolution over `n` images.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -180,42 +186,66 @@ impl Geometry {
     }
 
     /// The patch matrix `(c_in·k·k, oh·ow)` of one image: row `(c, ky, kx)`, column `(oy, ox)`
-    /// holds `img[c, oy·stride + ky - padding, ox·stride + kx - padding]`, 0 outside.
-    fn im2col(&self, img: &[f32], cols: &mut [f32]) {
-        let (k, l, s, ow) = (self.k, self.l(), self.stride, self.ow);
-        for c in 0..self.c_in {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut cols[((c * k + ky) * k + kx) * l..][..l];
-                    let valid = self.valid_ox(kx);
-                    for oy in 0..self.oh {
-                        let dst = &mut row[oy * ow..][..ow];
-                        let Some(iy) = self.iy(oy, ky) else {
-                            dst.fill(0.0);
-                            continue;
-                        };
-                        let src = &img[(c * self.h + iy) * self.w..][..self.w];
-                        // Rows are short (often < 16 values): plain loops, no memset/memcpy calls.
-                        for d in &mut dst[..valid.start] {
-                            *d = 0.0;
-                        }
-                        for d in &mut dst[valid.end..] {
-                            *d = 0.0;
-                        }
-                        let dst = &mut dst[valid.clone()];
-                        if dst.is_empty() {
-                            continue;
-                        }
-                        let x0 = valid.start * s + kx - self.padding;
-                        if s == 1 {
-                            for (d, &v) in dst.iter_mut().zip(&src[x0..]) {
-                                *d = v;
-                            }
-                        } else {
-                            for (i, d) in dst.iter_mut().enumerate() {
-                                *d = src[x0 + i * s];
-                            }
-                        }
+    /// holds `img[c, oy·stride + ky - padding, ox·stride + kx - padding]`, 0 outside. With
+    /// `parallel` the rows are shared out over rayon's threads.
+    fn im2col(&self, img: &[f32], cols: &mut [f32], parallel: bool) {
+        let (k, l) = (self.k, self.l());
+        let cols = &mut cols[..self.ckk() * l];
+        // One task per input channel and kernel row: `k` rows of the patch matrix.
+        let task = |(i, rows): (usize, &mut [f32])| self.im2col_rows(img, i, 0..self.oh, rows);
+        if parallel {
+            cols.par_chunks_mut(k * l).enumerate().for_each(task);
+        } else {
+            cols.chunks_mut(k * l).enumerate().for_each(task);
+        }
+    }
+
+    /// The columns of output rows `oys` of the patch matrix, as a `(c_in·k·k, oys.len()·ow)`
+    /// matrix in `cols`.
+    fn im2col_block(&self, img: &[f32], oys: Range<usize>, cols: &mut [f32]) {
+        let rows = self.k * oys.len() * self.ow;
+        for (i, rows) in cols[..self.ckk() * oys.len() * self.ow]
+            .chunks_mut(rows)
+            .enumerate()
+        {
+            self.im2col_rows(img, i, oys.clone(), rows);
+        }
+    }
+
+    /// The `k` patch-matrix rows `(c, ky, 0..k)`, `i = c·k + ky`, restricted to the columns of
+    /// output rows `oys`.
+    fn im2col_rows(&self, img: &[f32], i: usize, oys: Range<usize>, rows: &mut [f32]) {
+        let (c, ky) = (i / self.k, i % self.k);
+        let plane = &img[c * self.h * self.w..][..self.h * self.w];
+        let (l, s, ow) = (oys.len() * self.ow, self.stride, self.ow);
+        for (kx, row) in rows.chunks_mut(l).enumerate() {
+            let valid = self.valid_ox(kx);
+            for (r, oy) in oys.clone().enumerate() {
+                let dst = &mut row[r * ow..][..ow];
+                let Some(iy) = self.iy(oy, ky) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let src = &plane[iy * self.w..][..self.w];
+                // Rows are short (often < 16 values): plain loops, no memset/memcpy calls.
+                for d in &mut dst[..valid.start] {
+                    *d = 0.0;
+                }
+                for d in &mut dst[valid.end..] {
+                    *d = 0.0;
+                }
+                let dst = &mut dst[valid.clone()];
+                if dst.is_empty() {
+                    continue;
+                }
+                let x0 = valid.start * s + kx - self.padding;
+                if s == 1 {
+                    for (d, &v) in dst.iter_mut().zip(&src[x0..]) {
+                        *d = v;
+                    }
+                } else {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = src[x0 + i * s];
                     }
                 }
             }
@@ -223,31 +253,43 @@ impl Geometry {
     }
 
     /// The adjoint of [`Self::im2col`]: adds each patch-matrix entry back onto the input pixel
-    /// it was read from (`img` is overwritten).
-    fn col2im(&self, cols: &[f32], img: &mut [f32]) {
+    /// it was read from (`img` is overwritten). With `parallel` the channels are shared out
+    /// over rayon's threads.
+    fn col2im(&self, cols: &[f32], img: &mut [f32], parallel: bool) {
+        let (plane, rows) = (self.h * self.w, self.k * self.k * self.l());
+        let task = |(img, cols): (&mut [f32], &[f32])| self.col2im_channel(cols, img);
+        if parallel {
+            img.par_chunks_mut(plane)
+                .zip(cols.par_chunks(rows))
+                .for_each(task);
+        } else {
+            img.chunks_mut(plane).zip(cols.chunks(rows)).for_each(task);
+        }
+    }
+
+    /// [`Self::col2im`] of one input channel from its `k·k` patch-matrix rows.
+    fn col2im_channel(&self, cols: &[f32], img: &mut [f32]) {
         img.fill(0.0);
         let (k, l, s, ow) = (self.k, self.l(), self.stride, self.ow);
-        for c in 0..self.c_in {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &cols[((c * k + ky) * k + kx) * l..][..l];
-                    let valid = self.valid_ox(kx);
-                    if valid.is_empty() {
-                        continue;
-                    }
-                    let x0 = valid.start * s + kx - self.padding;
-                    for oy in 0..self.oh {
-                        let Some(iy) = self.iy(oy, ky) else { continue };
-                        let dst = &mut img[(c * self.h + iy) * self.w..][..self.w];
-                        let src = &row[oy * ow..][valid.clone()];
-                        if s == 1 {
-                            for (d, v) in dst[x0..x0 + src.len()].iter_mut().zip(src) {
-                                *d += v;
-                            }
-                        } else {
-                            for (i, v) in src.iter().enumerate() {
-                                dst[x0 + i * s] += v;
-                            }
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[(ky * k + kx) * l..][..l];
+                let valid = self.valid_ox(kx);
+                if valid.is_empty() {
+                    continue;
+                }
+                let x0 = valid.start * s + kx - self.padding;
+                for oy in 0..self.oh {
+                    let Some(iy) = self.iy(oy, ky) else { continue };
+                    let dst = &mut img[iy * self.w..][..self.w];
+                    let src = &row[oy * ow..][valid.clone()];
+                    if s == 1 {
+                        for (d, v) in dst[x0..x0 + src.len()].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (i, v) in src.iter().enumerate() {
+                            dst[x0 + i * s] += v;
                         }
                     }
                 }
@@ -255,8 +297,23 @@ impl Geometry {
         }
     }
 
-    /// How many images each rayon task takes, and whether the products themselves should be
-    /// split over the threads instead (fewer images than threads).
+    /// The output-row blocks of the forward pass, per image: blocks of about [`BLOCK_PIXELS`]
+    /// output pixels, so that a block's patch matrix stays in the L2 cache, and, for few
+    /// images, enough blocks to share out evenly over rayon's threads. Block `j` of `blocks`
+    /// holds rows `j·oh/blocks .. (j+1)·oh/blocks`.
+    fn blocks(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        let mut blocks = self.l().div_ceil(BLOCK_PIXELS).clamp(1, self.oh);
+        if self.n * blocks < 8 * threads {
+            while blocks < self.oh && !(self.n * blocks).is_multiple_of(threads) {
+                blocks += 1;
+            }
+        }
+        blocks
+    }
+
+    /// How many images each rayon task of the backward pass takes, and whether the products
+    /// themselves should be split over the threads instead (fewer images than threads).
     fn split(&self) -> (usize, bool) {
         let threads = rayon::current_num_threads().max(1);
         if self.n >= threads {
@@ -286,27 +343,35 @@ impl CustomOp3 for Conv2dOp {
         if bias.len() != g.c_out {
             candle_core::bail!("conv2d: bias {:?} for {} channels", l3.dims(), g.c_out)
         }
-        let (per_task, parallel_gemm) = g.split();
-        let (l, ckk) = (g.l(), g.ckk());
+        let (l, ckk, blocks) = (g.l(), g.ckk(), g.blocks());
         let mut y = vec![0f32; g.n * g.out_len()];
+        let out = SendPtr(y.as_mut_ptr());
         let weight = Mat::rows(w, g.c_out, ckk);
-        let relu = self.relu;
-        y.par_chunks_mut(per_task * g.out_len())
-            .zip(x.par_chunks(per_task * g.in_len()))
-            .for_each(|(ys, xs)| {
-                with_scratch(ckk * l, |cols| {
-                    for (y, img) in ys.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-                        g.im2col(img, cols);
-                        for (plane, b) in y.chunks_mut(l).zip(bias) {
-                            plane.fill(*b);
-                        }
-                        matmul(y, weight, Mat::rows(cols, ckk, l), true, parallel_gemm);
-                        if relu {
-                            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        // One task per (image, block of output rows): its patch columns, then one product
+        // into those rows of every output channel.
+        (0..g.n * blocks).into_par_iter().for_each(|task| {
+            let (i, j) = (task / blocks, task % blocks);
+            let oys = j * g.oh / blocks..(j + 1) * g.oh / blocks;
+            let (offset, len) = (i * g.out_len() + oys.start * g.ow, oys.len() * g.ow);
+            with_scratch(ckk * len, |cols| {
+                g.im2col_block(&x[i * g.in_len()..][..g.in_len()], oys, cols);
+                // SAFETY: task (i, j) alone touches rows `oys` of image i's output planes,
+                // `c_out` runs of `len` values `l` apart from `offset`, all inside `y`.
+                unsafe {
+                    let rows =
+                        |o: usize| std::slice::from_raw_parts_mut(out.add(offset + o * l).0, len);
+                    for (o, b) in bias.iter().enumerate() {
+                        rows(o).fill(*b);
+                    }
+                    gemm_block(out.add(offset), l, weight, Mat::rows(cols, ckk, len), true);
+                    if self.relu {
+                        for o in 0..g.c_out {
+                            rows(o).iter_mut().for_each(|v| *v = v.max(0.0));
                         }
                     }
-                })
-            });
+                }
+            })
+        });
         Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()))
     }
 
@@ -400,7 +465,6 @@ impl CustomOp3 for Conv2dBackward {
             .enumerate()
             .map(|(task, ((dxs, xs), dys))| {
                 let mut acc = vec![0f32; wn + c_out];
-                let mut cols = vec![0f32; ckk * l];
                 let mut masked = vec![0f32; if relu_y.is_some() { g.out_len() } else { 0 }];
                 let mut dxs = dxs.as_deref_mut().map(|d| d.chunks_mut(g.in_len()));
                 for (i, (img, gy)) in xs
@@ -423,12 +487,14 @@ impl CustomOp3 for Conv2dBackward {
                         *b += plane.iter().sum::<f32>();
                     }
                     let gy = Mat::rows(gy, c_out, l);
-                    g.im2col(img, &mut cols);
-                    matmul(dw, gy, Mat::rows(&cols, ckk, l).t(), true, parallel_gemm);
-                    if let Some(dx) = dxs.as_mut().and_then(|d| d.next()) {
-                        matmul(&mut cols, weight_t, gy, false, parallel_gemm);
-                        g.col2im(&cols, dx);
-                    }
+                    with_scratch(ckk * l, |cols| {
+                        g.im2col(img, cols, parallel_gemm);
+                        matmul(dw, gy, Mat::rows(cols, ckk, l).t(), true, parallel_gemm);
+                        if let Some(dx) = dxs.as_mut().and_then(|d| d.next()) {
+                            matmul(cols, weight_t, gy, false, parallel_gemm);
+                            g.col2im(cols, dx, parallel_gemm);
+                        }
+                    });
                 }
                 acc
             })

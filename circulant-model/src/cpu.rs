@@ -1,6 +1,7 @@
 //! Helpers for the CPU custom ops (fused batch norm, max pool, conv).
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
+use rayon::prelude::*;
 
 /// The contiguous f32 data of a custom-op input.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
@@ -49,6 +50,24 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// Rows `lo..hi` (no copy).
+    fn row_range(self, lo: usize, hi: usize) -> Self {
+        Self {
+            data: &self.data[lo * self.rs..],
+            rows: hi - lo,
+            ..self
+        }
+    }
+
+    /// Columns `lo..hi` (no copy).
+    fn col_range(self, lo: usize, hi: usize) -> Self {
+        Self {
+            data: &self.data[lo * self.cs..],
+            cols: hi - lo,
+            ..self
+        }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -57,8 +76,12 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst = a · b` (or `dst += a · b` with `accumulate`) for a row-major `dst` of
-/// `a.rows x b.cols`, through the `gemm` crate candle's own CPU matmul uses; `parallel` lets
-/// gemm split the product over rayon's threads.
+/// `a.rows x b.cols`, through the `gemm` crate candle's own CPU matmul uses. With `parallel`
+/// (and enough work) `dst` is cut into one block of rows (or of columns, when it is wider than
+/// tall) per rayon thread, each a single-threaded gemm: for the AlexNet conv products and the
+/// batch-1 dense products this ran 5-35% faster than gemm's own rayon split (the batch-1
+/// products are matrix-vector reads of the weight, and one thread per half of it reads it
+/// at a higher total bandwidth).
 pub(crate) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(
@@ -76,37 +99,83 @@ pub(crate) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallel
         }
         return;
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if parallel && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
+    let threads = if parallel {
+        rayon::current_num_threads()
     } else {
-        gemm::Parallelism::None
+        1
     };
-    // SAFETY: the assertion above keeps every index gemm computes from the sizes and strides
-    // inside `dst`, `a.data` and `b.data`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    let out = SendPtr(dst.as_mut_ptr());
+    // SAFETY (both calls): the assertion above keeps every block inside `dst`, `a` and `b`, and
+    // the blocks of `dst` the tasks write are disjoint.
+    if threads < 2 || m * n * k < PARALLEL_MIN_MACS {
+        unsafe { gemm_block(out, n, a, b, accumulate) };
+        return;
     }
+    let by_rows = m >= n;
+    let len = if by_rows { m } else { n };
+    let block = len.div_ceil(threads).next_multiple_of(BLOCK_ALIGN).min(len);
+    (0..len.div_ceil(block)).into_par_iter().for_each(|t| {
+        let (lo, hi) = (t * block, ((t + 1) * block).min(len));
+        unsafe {
+            if by_rows {
+                gemm_block(out.add(lo * n), n, a.row_range(lo, hi), b, accumulate)
+            } else {
+                gemm_block(out.add(lo), n, a, b.col_range(lo, hi), accumulate)
+            }
+        }
+    });
+}
+
+/// Products smaller than this (multiply-adds) run on one thread: gemm's own threshold.
+const PARALLEL_MIN_MACS: usize = 48 * 48 * 256;
+
+/// Row or column blocks of a split product start at multiples of this (whole gemm
+/// micro-tiles).
+const BLOCK_ALIGN: usize = 16;
+
+/// A pointer into an output buffer, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+// SAFETY: the tasks holding a `SendPtr` write disjoint parts of one buffer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// # Safety
+    /// `offset` must stay inside the buffer.
+    pub(crate) unsafe fn add(self, offset: usize) -> Self {
+        Self(self.0.add(offset))
+    }
+}
+
+/// `dst = a · b` (or `+=`) on the calling thread, `dst` row-major with row stride `dst_rs`.
+///
+/// # Safety
+/// `dst` must point at `a.rows` rows of `dst_rs` values with room for `b.cols` in each, and
+/// no other thread may touch those values during the call.
+pub(crate) unsafe fn gemm_block(dst: SendPtr, dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
+    gemm::gemm(
+        a.rows,
+        b.cols,
+        a.cols,
+        dst.0,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// Runs `f` on a scratch buffer of `len` values owned by the calling thread and reused across
@@ -128,4 +197,73 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
         }
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// `a · b` in float64, `a` and `b` read through their strides.
+    fn reference(a: Mat, b: Mat) -> Vec<f64> {
+        let at = |m: &Mat, i: usize, j: usize| m.data[i * m.rs + j * m.cs] as f64;
+        let mut out = vec![0f64; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols).map(|p| at(&a, i, p) * at(&b, p, j)).sum();
+            }
+        }
+        out
+    }
+
+    /// Products split over threads by rows and by columns (uneven blocks on 3 threads),
+    /// single-threaded ones, transposed operands and accumulation all equal a float64
+    /// reference, for odd sizes on both sides of the split threshold.
+    #[test]
+    fn matmul_matches_float64_reference() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (m, k, n) in [
+            (1, 1000, 700),
+            (1, 3, 5),
+            (300, 97, 41),
+            (5, 301, 703),
+            (33, 65, 517),
+            (7, 0, 9),
+        ] {
+            let data = |len: usize, rng: &mut StdRng| -> Vec<f32> {
+                (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+            };
+            let (a_rows, a_cols, b_rows, b_cols) = (
+                data(m * k, &mut rng),
+                data(k * m, &mut rng),
+                data(k * n, &mut rng),
+                data(n * k, &mut rng),
+            );
+            let init = data(m * n, &mut rng);
+            for (a, b) in [
+                (Mat::rows(&a_rows, m, k), Mat::rows(&b_rows, k, n)),
+                (Mat::rows(&a_cols, k, m).t(), Mat::rows(&b_cols, n, k).t()),
+            ] {
+                let want = reference(a, b);
+                for (parallel, accumulate) in
+                    [(true, false), (true, true), (false, false), (false, true)]
+                {
+                    let mut dst = init.clone();
+                    pool.install(|| matmul(&mut dst, a, b, accumulate, parallel));
+                    for (i, (got, want)) in dst.iter().zip(&want).enumerate() {
+                        let want = want + if accumulate { init[i] as f64 } else { 0.0 };
+                        assert!(
+                            (*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "({m} x {k}) · ({k} x {n}) parallel {parallel} accumulate {accumulate} [{i}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,11 +1,12 @@
 //! `trainer bench`: training and inference throughput of a network on random data, through the
-//! same training step as `trainer train` (model, loss, backward, optimizer).
+//! same training step as `trainer train` (model, loss, backward, optimizer), and inference as `predict`
+//! runs it.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use circulant_model::{Mode, Model, ModelConfig};
+use circulant_model::{Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -83,9 +84,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     device.synchronize()?;
     let train_img_s = (n * args.steps) as f64 / t.elapsed().as_secs_f64();
 
+    // Inference as `Classifier::logits` (and `predict`, `eval`) runs it: eval mode with the
+    // circulant weights' spectra computed once, before the clock starts.
     let x = Tensor::from_vec(batch, (n, shape.c, shape.h, shape.w), &device)?;
+    let cache = trainer.model.eval_cache()?;
     let infer = |model: &Model| -> Result<()> {
-        let y = model.forward(&x, Mode::Eval)?;
+        let y = model.forward_eval_with(&x, &cache)?;
         y.to_device(&candle_core::Device::Cpu)?;
         Ok(())
     };

@@ -62,7 +62,7 @@ pub enum Command {
     /// Copy a checkpoint with its weights stored as f16 or bf16 (half the size) or f32.
     Export(ExportArgs),
     /// Training and inference images/s of a network on random data (the training step of
-    /// `train`).
+    /// `train`; inference as `predict` runs it).
     Bench(BenchArgs),
     /// Measure image-folder decode throughput (images/s) of the training pipeline.
     #[command(hide = true)]

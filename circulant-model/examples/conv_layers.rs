@@ -1,0 +1,60 @@
+//! CPU time of AlexNet's five convolutions (each followed by a ReLU) and its first max pool, no
+//! autograd, to set beside `bench/torch_conv_layers.py` (same layers, same figure: the fastest
+//! of 100 calls after 5 warm-up calls, the one least disturbed by other work on the machine).
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH]
+//! ```
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use circulant_model::{max_pool2d, Conv2dLayer};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn fastest_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..5 {
+        f()?;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..100 {
+        let s = Instant::now();
+        f()?;
+        best = best.min(s.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(best)
+}
+
+fn main() -> Result<()> {
+    let n: usize = std::env::args().nth(1).map_or(Ok(1), |s| s.parse())?;
+    let dev = Device::Cpu;
+    let layers = [
+        ("conv1", 3, 64, 11, 4, 2, 224),
+        ("conv2", 64, 192, 5, 1, 2, 27),
+        ("conv3", 192, 384, 3, 1, 1, 13),
+        ("conv4", 384, 256, 3, 1, 1, 13),
+        ("conv5", 256, 256, 3, 1, 1, 13),
+    ];
+    let mut total = 0.0;
+    for (name, ci, co, k, s, p, h) in layers {
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(co, DType::F32, &dev)?)?;
+        let conv = Conv2dLayer::new(w, b, p, s)?;
+        let x = Tensor::randn(0f32, 1.0, (n, ci, h, h), &dev)?;
+        let ms = fastest_ms(|| {
+            conv.forward(&x)?.relu()?;
+            Ok(())
+        })?;
+        total += ms;
+        println!("{name} b{n} {ms:.3} ms");
+    }
+    let x = Tensor::randn(0f32, 1.0, (n, 64, 55, 55), &dev)?;
+    let ms = fastest_ms(|| {
+        max_pool2d(&x, 3, 2)?;
+        Ok(())
+    })?;
+    println!("pool1 {ms:.3} ms");
+    println!("conv total {total:.3} ms");
+    Ok(())
+}
