@@ -83,6 +83,19 @@ impl BatchNorm2d {
     }
 
     /// Applies the layer; `train` selects batch statistics (and updates the running ones).
+    /// Eval mode as a per-channel affine map `y = x·scale + shift`, both `(c)`: `scale =
+    /// weight / sqrt(running_var + eps)`, `shift = bias - running_mean·scale`.
+    pub(crate) fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        let rm = self.running_mean.as_detached_tensor();
+        let rv = self.running_var.as_detached_tensor();
+        let scale = (rv + self.eps)?
+            .sqrt()?
+            .recip()?
+            .mul(self.weight.as_tensor())?;
+        let shift = self.bias.as_tensor().sub(&rm.mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         if c != self.num_features() {
@@ -92,20 +105,8 @@ impl BatchNorm2d {
             });
         }
         if !train {
-            let rm = self
-                .running_mean
-                .as_detached_tensor()
-                .reshape((1, c, 1, 1))?;
-            let rv = self
-                .running_var
-                .as_detached_tensor()
-                .reshape((1, c, 1, 1))?;
-            let weight = self.weight.reshape((1, c, 1, 1))?;
-            let scale = (rv + self.eps)?.sqrt()?.recip()?.broadcast_mul(&weight)?;
-            let shift = self
-                .bias
-                .reshape((1, c, 1, 1))?
-                .broadcast_sub(&rm.broadcast_mul(&scale)?)?;
+            let (scale, shift) = self.eval_affine()?;
+            let (scale, shift) = (scale.reshape((1, c, 1, 1))?, shift.reshape((1, c, 1, 1))?);
             return Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
         }
         let count = n * h * w;

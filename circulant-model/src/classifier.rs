@@ -9,7 +9,8 @@ use crate::config::{InputSpec, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::{EvalCache, Model};
 
-/// A model ready for inference: eval mode, circulant weight spectra computed once, class names
+/// A model ready for inference: eval mode, circulant weight spectra computed once and batch
+/// norms folded into the convolutions before them (see [`Model::eval_cache`]), class names
 /// and input spec from the checkpoint. `Send + Sync`: one classifier can serve several threads.
 ///
 /// ```
@@ -102,7 +103,7 @@ impl Classifier {
     }
 
     /// The underlying model (its weights must not be changed: the classifier keeps their
-    /// spectra).
+    /// spectra and folded convolutions).
     pub fn model(&self) -> &Model {
         &self.model
     }

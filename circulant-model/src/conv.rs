@@ -61,28 +61,49 @@ impl Conv2dLayer {
 
     /// The forward pass, followed by a ReLU when `relu` (fused into the op on the CPU).
     pub(crate) fn forward_impl(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        self.forward_with(x, self.weight.as_tensor(), self.bias.as_tensor(), relu)
+    }
+
+    /// The weight and bias of this convolution followed by the per-channel affine map
+    /// `y·scale + shift` (an eval-mode batch norm), as one convolution.
+    pub(crate) fn fold(&self, scale: &Tensor, shift: &Tensor) -> Result<(Tensor, Tensor)> {
+        let c_out = self.bias.dim(0)?;
+        let weight = self
+            .weight
+            .as_detached_tensor()
+            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let bias = self.bias.as_detached_tensor().mul(scale)?.add(shift)?;
+        Ok((weight.detach(), bias.detach()))
+    }
+
+    /// The forward pass with `weight` and `bias` (shaped as this layer's) in place of the
+    /// layer's own.
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        relu: bool,
+    ) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
-        let (c_out, wc_in, _, _) = self.weight.dims4()?;
+        let (c_out, wc_in, _, _) = weight.dims4()?;
         if c_in != wc_in {
             return Err(Error::InputShape {
                 found: x.dims().to_vec(),
                 expected: format!("(N, {wc_in}, H, W) for a conv with {c_out} outputs"),
             });
         }
-        if use_cpu_op(x) && use_cpu_op(&self.weight) {
+        if use_cpu_op(x) && use_cpu_op(weight) {
             let op = Conv2dOp {
                 padding: self.padding,
                 stride: self.stride,
                 relu,
             };
-            Ok(x.contiguous()?.apply_op3(
-                &self.weight.as_tensor().contiguous()?,
-                &self.bias.as_tensor().contiguous()?,
-                op,
-            )?)
+            Ok(x.contiguous()?
+                .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?)
         } else {
-            let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-            let y = y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)?;
+            let y = x.conv2d(weight, self.padding, self.stride, 1, 1)?;
+            let y = y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
             Ok(if relu { y.relu()? } else { y })
         }
     }

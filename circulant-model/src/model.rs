@@ -40,11 +40,21 @@ enum Layer {
     Fc { name: String, fc: FcLayer },
 }
 
-/// Precomputed eval-mode state of a [`Model`]: the spectra of its circulant weights.
+/// Precomputed eval-mode state of a [`Model`]: the spectra of its circulant weights, and each
+/// batch norm that follows a convolution folded into that convolution's weight and bias.
 #[derive(Clone, Debug)]
 pub struct EvalCache {
-    /// One entry per layer; `Some` for circulant FC layers.
-    spectra: Vec<Option<WeightSpectra>>,
+    /// One entry per layer.
+    layers: Vec<Option<Cached>>,
+}
+
+/// What [`EvalCache`] keeps for one layer.
+#[derive(Clone, Debug)]
+enum Cached {
+    /// A circulant FC layer's weight spectra.
+    Spectra(WeightSpectra),
+    /// A convolution with the batch norm after it folded in.
+    FoldedConv { weight: Tensor, bias: Tensor },
 }
 
 /// A network with its parameters (trainable ones held as candle `Var`s in a `VarMap`).
@@ -83,27 +93,38 @@ impl Model {
         self.forward_impl(x, mode, None)
     }
 
-    /// The spectra of every circulant layer's weight, for [`Model::forward_eval_with`]: computed
-    /// once, a snapshot of the current weights.
+    /// The eval-mode state for [`Model::forward_eval_with`], computed once, a snapshot of the
+    /// current weights: every circulant layer's weight spectra, and every convolution followed
+    /// by a batch norm as one convolution (`W·s`, `(b - mean)·s + beta` with `s = gamma /
+    /// sqrt(var + eps)`), which saves the batch norm's pass over the activations.
     pub fn eval_cache(&self) -> Result<EvalCache> {
-        let spectra = self
+        let layers = self
             .layers
             .iter()
-            .map(|l| match l {
-                Layer::Fc {
-                    fc: FcLayer::Circulant(c),
-                    ..
-                } => c.weight_spectra().map(Some),
+            .enumerate()
+            .map(|(i, l)| match (l, self.layers.get(i + 1)) {
+                (
+                    Layer::Fc {
+                        fc: FcLayer::Circulant(c),
+                        ..
+                    },
+                    _,
+                ) => Ok(Some(Cached::Spectra(c.weight_spectra()?))),
+                (Layer::Conv { conv, .. }, Some(Layer::BatchNorm { bn, .. })) => {
+                    let (scale, shift) = bn.eval_affine()?;
+                    let (weight, bias) = conv.fold(&scale, &shift)?;
+                    Ok(Some(Cached::FoldedConv { weight, bias }))
+                }
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
-        Ok(EvalCache { spectra })
+        Ok(EvalCache { layers })
     }
 
     /// `forward(x, Mode::Eval)` with the circulant weights' spectra taken from `cache` (built by
     /// [`Model::eval_cache`] of this model) instead of recomputed.
     pub fn forward_eval_with(&self, x: &Tensor, cache: &EvalCache) -> Result<Tensor> {
-        if cache.spectra.len() != self.layers.len() {
+        if cache.layers.len() != self.layers.len() {
             return Err(Error::InvalidConfig(
                 "eval cache was built for another model".into(),
             ));
@@ -116,28 +137,38 @@ impl Model {
         let train = matches!(mode, Mode::Train { .. });
         let mut h = x.clone();
         let mut dropout_index = 0;
-        // A ReLU next to a max pool or after a convolution or FC layer runs inside that layer.
-        let mut fused_relu = false;
+        // Layers already applied by an earlier one: a ReLU next to a max pool or after a
+        // convolution or FC layer runs inside that layer, and so does a folded batch norm.
+        let mut skip = 0;
         for (i, layer) in self.layers.iter().enumerate() {
-            if std::mem::take(&mut fused_relu) {
+            if skip > 0 {
+                skip -= 1;
                 continue;
             }
-            let next_is_relu = matches!(self.layers.get(i + 1), Some(Layer::Relu));
-            let spectra = cache.and_then(|c| c.spectra.get(i)?.as_ref());
+            let is_relu = |j: usize| matches!(self.layers.get(j), Some(Layer::Relu));
+            let next_is_relu = is_relu(i + 1);
+            let cached = cache.and_then(|c| c.layers.get(i)?.as_ref());
             h = match layer {
-                Layer::Conv { conv, .. } => {
-                    fused_relu = next_is_relu;
-                    conv.forward_impl(&h, next_is_relu)?
-                }
+                Layer::Conv { conv, .. } => match cached {
+                    Some(Cached::FoldedConv { weight, bias }) => {
+                        let relu = is_relu(i + 2);
+                        skip = 1 + usize::from(relu);
+                        conv.forward_with(&h, weight, bias, relu)?
+                    }
+                    _ => {
+                        skip = usize::from(next_is_relu);
+                        conv.forward_impl(&h, next_is_relu)?
+                    }
+                },
                 Layer::BatchNorm { bn, .. } => bn.forward(&h, train)?,
                 Layer::MaxPool { k, stride } if next_is_relu => {
-                    fused_relu = true;
+                    skip = 1;
                     max_pool2d_relu(&h, *k, *stride)?
                 }
                 Layer::MaxPool { k, stride } => max_pool2d(&h, *k, *stride)?,
                 Layer::Relu => match self.layers.get(i + 1) {
                     Some(Layer::MaxPool { k, stride }) => {
-                        fused_relu = true;
+                        skip = 1;
                         max_pool2d_relu(&h, *k, *stride)?
                     }
                     _ => h.relu()?,
@@ -152,9 +183,9 @@ impl Model {
                 },
                 Layer::Flatten => h.flatten_from(1)?,
                 Layer::Fc { fc, .. } => {
-                    fused_relu = next_is_relu;
-                    match (fc, spectra) {
-                        (FcLayer::Circulant(c), Some(s)) => {
+                    skip = usize::from(next_is_relu);
+                    match (fc, cached) {
+                        (FcLayer::Circulant(c), Some(Cached::Spectra(s))) => {
                             let y = c.forward_with_spectra(&h, s)?;
                             if next_is_relu {
                                 y.relu()?

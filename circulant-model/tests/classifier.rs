@@ -82,6 +82,44 @@ fn predicts_like_the_model_in_eval_mode() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A batch norm after a convolution is folded into it for inference: the logits equal the
+/// model's eval forward pass (to float rounding) once the running statistics have moved away
+/// from their initial values.
+#[test]
+fn folded_batch_norms_give_the_eval_logits() {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig::new(Network::CifarCnn, Head::Circulant, 10, 5);
+    let model = Model::new(cfg.clone(), &dev).unwrap();
+    for seed in 0..3 {
+        let x = (random_batch(&cfg, 4, 10 + seed) * 3.0).unwrap();
+        let x = (x + 0.5).unwrap();
+        model
+            .forward(&x, Mode::Train { dropout_seed: seed })
+            .unwrap();
+    }
+    let (_, mean) = model
+        .tensors()
+        .into_iter()
+        .find(|(name, _)| name == "bn3.running_mean")
+        .unwrap();
+    assert!(
+        mean.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 1e-3
+    );
+    let clf = Classifier::new(model, None).unwrap();
+    let x = random_batch(&cfg, 3, 20);
+    let want = vec2(&clf.model().forward(&x, Mode::Eval).unwrap());
+    let got = vec2(&clf.logits(&x).unwrap());
+    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+    }
+}
+
 #[test]
 fn half_precision_checkpoints_classify() {
     let dev = Device::Cpu;

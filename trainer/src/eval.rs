@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use circulant_model::checkpoint::CheckpointInfo;
-use circulant_model::{HubRef, Mode, Model};
+use circulant_model::{HubRef, Model};
 use serde::Serialize;
 
 use crate::cli::EvalArgs;
@@ -83,12 +83,13 @@ pub fn evaluate(
         show_progress,
     );
     let order = Arc::new((0..n as u32).collect::<Vec<u32>>());
+    let cache = model.eval_cache()?;
     let (mut loss, mut top1, mut top5, mut seen) = (0.0, 0, 0, 0);
     for batch in Loader::spawn(source, order, 0, None, cfg) {
         let batch = batch?;
         let b = batch.labels.len();
         let x = Tensor::from_vec(batch.images, (b, shape.c, shape.h, shape.w), model.device())?;
-        let logits = model.forward(&x, Mode::Eval)?;
+        let logits = model.forward_eval_with(&x, &cache)?;
         let (l, t1, t5) = score(&host_logits(&logits)?, &batch.labels)?;
         loss += l;
         top1 += t1;
@@ -199,11 +200,13 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
     })
 }
 
-/// Loads a checkpoint with a clear error.
+/// Loads a checkpoint with a clear error: [`read_info`]'s for a missing file or one that is not
+/// a checkpoint, otherwise why its tensors could not be loaded.
 pub fn load_model(path: &Path, device: &candle_core::Device) -> Result<(Model, CheckpointInfo)> {
-    read_info(path)?;
-    Model::load_with_info(path, device)
-        .with_context(|| format!("cannot load checkpoint {}", path.display()))
+    Model::load_with_info(path, device).or_else(|e| {
+        read_info(path)?;
+        Err(anyhow::Error::new(e).context(format!("cannot load checkpoint {}", path.display())))
+    })
 }
 
 #[cfg(test)]

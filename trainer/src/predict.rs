@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
-use circulant_model::Mode;
 use image::GenericImageView;
 use serde::Serialize;
 
@@ -75,6 +74,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let device = crate::device::parse(&args.device)?;
     let checkpoint = checkpoint_file(&args.checkpoint)?;
     let (model, info) = load_model(&checkpoint, &device)?;
+    let cache = model.eval_cache()?;
     let config = info.config;
     let shape = Shape::of(&config.input);
     let norm = Normalize::new(&config.input)?;
@@ -109,7 +109,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             transform::apply(img, t, shape, &norm, out)?;
         }
         let x = Tensor::from_vec(buf, (chunk.len(), shape.c, shape.h, shape.w), &device)?;
-        let logits = model.forward(&x, Mode::Eval)?;
+        let logits = model.forward_eval_with(&x, &cache)?;
         let probs =
             candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
         for (path, p) in chunk.iter().zip(probs) {
