@@ -223,6 +223,32 @@ def cmd_md(a) -> int:
     return 0
 
 
+def cmd_card(a) -> int:
+    """The GPU table of record: one object per case of the given bench-nets JSON files."""
+    out = []
+    for path, variant in zip(a.json, a.variant or [None] * len(a.json)):
+        for row in json.loads(read(path)):
+            gpu = (row.get("machine") or {}).get("gpu") or "unknown"
+            rec = {"network": row["network"], "head": row["head"], "batch": row["batch"],
+                   "precision": row["precision"], "card": gpu.split(",")[0].strip(),
+                   "ours_train_img_s": row.get("ours_train_img_s"),
+                   "torch_train_img_s": row.get("torch_train_img_s"),
+                   "ours_infer_img_s": row.get("ours_infer_img_s"),
+                   "torch_infer_img_s": row.get("torch_infer_img_s"),
+                   "source": os.path.basename(path)}
+            if variant:
+                rec["ours_build"] = variant
+            for k in ("ours_error", "torch_error"):
+                if k in row:
+                    rec[k] = row[k]
+            out.append(rec)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    print(f"wrote {a.out} ({len(out)} cases)", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -242,8 +268,17 @@ def main(argv=None) -> int:
     m = sub.add_parser("md")
     m.add_argument("--json", required=True)
     m.add_argument("--md", required=True)
+    c = sub.add_parser("card", help="merge bench-nets JSON files of a GPU run into nets.json: "
+                       '[{"network","head","batch","precision","card","ours_train_img_s",'
+                       '"torch_train_img_s",...}]')
+    c.add_argument("--json", required=True, nargs="+")
+    c.add_argument("--variant", nargs="*", help="the build of ours behind each --json file "
+                   "(e.g. cuda, cudnn)")
+    c.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    return {"record": cmd_record, "build": cmd_build, "md": cmd_md}[a.cmd](a)
+    if a.cmd == "card" and a.variant and len(a.variant) != len(a.json):
+        ap.error("--variant needs one name per --json file")
+    return {"record": cmd_record, "build": cmd_build, "md": cmd_md, "card": cmd_card}[a.cmd](a)
 
 
 if __name__ == "__main__":

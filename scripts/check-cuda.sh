@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compile (clippy, warnings denied) the whole workspace with `--features cuda`, and the trainer
-# with `--features nccl` (data-parallel training), on a machine without a GPU: prepares the
+# Compile (clippy, warnings denied) the whole workspace with `--features cuda` (candle's own CUDA
+# convolutions), and the trainer with `--features nccl,cudnn` (data-parallel training, cuDNN
+# convolutions; checking needs no cuDNN library), on a machine without a GPU: prepares the
 # pinned CUDA 13.0 toolkit and NCCL and keeps them, plus a target directory, in a cache
 # directory outside the checkout so that later runs only rebuild what changed.
 #
@@ -29,10 +30,10 @@ cd "$ROOT"
 case ${CHECK_CUDA_CMD:-clippy} in
   clippy)
     cargo clippy --workspace --all-targets --features cuda -- -D warnings
-    cargo clippy -p trainer --all-targets --features nccl -- -D warnings ;;
+    cargo clippy -p trainer --all-targets --features nccl,cudnn -- -D warnings ;;
   check)
     cargo check --workspace --all-targets --features cuda
-    cargo check -p trainer --all-targets --features nccl ;;
+    cargo check -p trainer --all-targets --features nccl,cudnn ;;
   *) echo "check-cuda: CHECK_CUDA_CMD must be clippy or check" >&2; exit 2 ;;
 esac
 echo "check-cuda: done in $((SECONDS - t0)) s"

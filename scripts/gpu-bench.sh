@@ -8,10 +8,11 @@
 # table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_kernels (kernels-cuda/tests/kernels.rs),
 # cuda_training (tests/tests/cuda_training.rs), trainer (built with --features nccl: CUDA and
 # data-parallel training), trainer_unit (the trainer's unit tests, with the NCCL all-reduce test)
-# and nccl_training (trainer/tests/nccl.rs: 2 ranks vs 1, run with TRAINER_BIN=bin/trainer).
+# and nccl_training (trainer/tests/nccl.rs: 2 ranks vs 1, run with TRAINER_BIN=bin/trainer);
+# with cuDNN convolutions (`--features cudnn`): trainer_cudnn and cuda_training_cudnn.
 # They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
-# NVRTC, cudart, NCCL) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch wheel's
-# copies.
+# NVRTC, cudart, NCCL, cuDNN) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch
+# wheel's copies.
 # Toolkit and build cache as in scripts/check-cuda.sh (CIRCULANT_CACHE).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +21,7 @@ CACHE=${CIRCULANT_CACHE:-$HOME/.cache/circulant}
 mkdir -p "$CACHE" "$OUT/bin"
 OUT=$(cd "$OUT" && pwd)
 
-bash "$ROOT/scripts/prepare-cuda-toolkit.sh" "$CACHE/cuda-13.0"
+bash "$ROOT/scripts/prepare-cuda-toolkit.sh" --with-cudnn "$CACHE/cuda-13.0"
 # shellcheck disable=SC1091
 source "$CACHE/cuda-13.0/env.sh"
 export CARGO_TARGET_DIR=$CACHE/target-cuda
@@ -33,6 +34,23 @@ cp "$CARGO_TARGET_DIR/release/examples/bench_cuda" "$OUT/bin/bench_cuda"
 # The trainer, for training runs on the card (scripts/gpu-cifar.sh) and the NCCL tests.
 cargo build --release --features nccl -p trainer
 cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer"
+# The same with cuDNN convolutions (cargo keeps both builds of candle-core side by side).
+cargo build --release --features nccl,cudnn -p trainer
+cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer_cudnn"
+cargo test --release --features cudnn -p circulant-tests \
+  --test cuda_training --no-run --message-format=json-render-diagnostics |
+  python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "cuda_training":
+        shutil.copy(msg["executable"], sys.argv[1] + "/cuda_training_cudnn")
+        sys.exit(0)
+sys.exit("gpu-bench: cuda_training with cuDNN not built")
+' "$OUT/bin"
 
 # Test executables: cargo prints their paths as JSON artifacts.
 cargo test --release --features cuda -p kernels-cuda -p circulant-kernels -p circulant-tests \

@@ -9,6 +9,11 @@
 #   CIFAR_DIR=/tmp/cifar10-jpeg scripts/gpu-run.sh   # also train cifar-cnn, dense vs circulant
 #                                  # (scripts/gpu-cifar.sh; CIFAR_EPOCHS per head, default 12)
 #   SKIP_BENCH=1 ...                   # tests (and CIFAR) only
+#   SKIP_NETS=1 ...                    # no whole-network comparison (scripts/bench-nets.sh
+#                                  # --device cuda: cifar-cnn and alexnet at batch 256, both heads,
+#                                  # f32 and bf16, ours built with and without cuDNN; NETS_STEPS
+#                                  # steps each, default 30), written to $OUT/nets/ with the
+#                                  # merged table of record $OUT/nets/nets.json
 # BENCH_TIMEOUT / TORCH_TIMEOUT (seconds, default 300 each) cap the two benchmark tables.
 #
 # The tests run with CIRCULANT_REQUIRE_CUDA=1: a test that finds no usable CUDA device fails
@@ -58,7 +63,8 @@ if [[ ! -d $BIN && -z ${1:-} && -f $PACK ]]; then
 fi
 
 status=0
-for b in cuda_ops cuda_kernels cuda_training trainer_unit nccl_training bench_cuda; do
+for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn trainer_unit nccl_training \
+  bench_cuda trainer trainer_cudnn; do
   if [[ ! -x $BIN/$b ]]; then
     echo "gpu-run: $BIN/$b missing: run scripts/gpu-bench.sh first and carry its folder" >&2
     exit 2
@@ -70,7 +76,7 @@ for b in cuda_ops cuda_kernels cuda_training trainer_unit nccl_training bench_cu
 done
 
 export CIRCULANT_REQUIRE_CUDA=1
-for t in cuda_ops cuda_kernels cuda_training; do
+for t in cuda_ops cuda_kernels cuda_training cuda_training_cudnn; do
   echo "== $t"
   timeout 300 "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
   if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then
@@ -113,6 +119,31 @@ if [[ -z ${SKIP_BENCH:-} ]]; then
       --json "$RESULTS/torch_circulant.json" | tee "$RESULTS/torch_circulant.md" || status=1
   else
     echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
+  fi
+fi
+if [[ -z ${SKIP_NETS:-} ]]; then
+  # Whole networks, ours vs PyTorch on this card (issue: GPU training at PyTorch speed). Ours
+  # has no bf16 yet: its bf16 rows record the error, PyTorch's autocast numbers still count.
+  NETS=$RESULTS/nets
+  mkdir -p "$NETS"
+  files=() variants=()
+  for build in cuda cudnn; do
+    trainer=$BIN/trainer
+    [[ $build == cudnn ]] && trainer=$BIN/trainer_cudnn
+    for precision in f32 bf16; do
+      [[ $build == cudnn && $precision == bf16 ]] && continue
+      echo "== bench-nets --device cuda --precision $precision (ours: $build)"
+      timeout 600 bash "$ROOT/scripts/bench-nets.sh" --device cuda --precision "$precision" \
+        --python python3 --trainer "$trainer" --steps "${NETS_STEPS:-30}" \
+        --cases cifar-cnn:256,alexnet:256 --heads dense,circulant --out "$NETS/$build" 2>&1 |
+        tee "$NETS/$build-$precision.log"
+      json=$(ls "$NETS/$build"/nets-*-cuda$([[ $precision == bf16 ]] && echo -bf16).json 2>/dev/null | tail -1)
+      if [[ -n $json ]]; then files+=("$json"); variants+=("$build"); else status=1; fi
+    done
+  done
+  if ((${#files[@]})); then
+    python3 "$ROOT/bench/nets_table.py" card --json "${files[@]}" --variant "${variants[@]}" \
+      --out "$NETS/nets.json" || status=1
   fi
 fi
 if [[ -n ${CIFAR_DIR:-} ]]; then

@@ -7,6 +7,9 @@
 #
 #   scripts/prepare-cuda-toolkit.sh DIR   # installs into DIR (reused when already there)
 #   source DIR/env.sh                     # then: cargo build --release --features cuda
+#   scripts/prepare-cuda-toolkit.sh --with-cudnn DIR   # also cuDNN 9 (nvidia-cudnn-cu13, a
+#                                         # 350 MB wheel), to link `--features cudnn` builds;
+#                                         # checking them (clippy) needs no cuDNN
 #
 # Facts this script encodes (each one broke a build when ignored):
 # - every wheel is pinned to 13.0 and installed with --no-deps: nvidia-cuda-nvcc's unpinned
@@ -30,17 +33,40 @@
 # On the GPU machine: export LD_LIBRARY_PATH=<site-packages>/nvidia/cu13/lib (PyTorch's wheels
 # carry libcublas.so.13, libcufft.so.12, libcurand.so.10, libcudart.so.13); libcuda.so.1 comes
 # from the driver (scripts/gpu-run.sh does this). libnccl.so.2 comes from the nvidia-nccl-cu13
-# wheel PyTorch installs (nvidia/nccl/lib, also found by gpu-run.sh).
+# wheel PyTorch installs (nvidia/nccl/lib, also found by gpu-run.sh), and libcudnn.so.9 from its
+# nvidia-cudnn-cu13 wheel (nvidia/cudnn/lib, likewise).
 #
 # The toolkit is about 1 GiB; the link tree and env.sh are regenerated only when missing, so
 # concurrent builds that share DIR never see it half-written after the first run.
 set -euo pipefail
-DIR=$(mkdir -p "${1:?usage: prepare-cuda-toolkit.sh DIR}" && cd "$1" && pwd)
+WITH_CUDNN=0
+if [[ ${1:-} == --with-cudnn ]]; then
+  WITH_CUDNN=1
+  shift
+fi
+DIR=$(mkdir -p "${1:?usage: prepare-cuda-toolkit.sh [--with-cudnn] DIR}" && cd "$1" && pwd)
 SITE=$DIR/site TK=$DIR/site/nvidia/cu13 C=$DIR/cuda
 NCCL=$DIR/site-nccl/nvidia/nccl NCCL_VERSION=2.27.7
 STAMP=$DIR/.ready-13.0.88-stub34-nccl$NCCL_VERSION
+CUDNN=$DIR/site-cudnn/nvidia/cudnn CUDNN_VERSION=9.13.0.50
+
+# cuDNN in its own --target folder (as NCCL), its libraries linked into the CUDA root under
+# unversioned names too.
+add_cudnn() {
+  [[ $WITH_CUDNN == 1 ]] || return 0
+  if [[ ! -f $CUDNN/lib/libcudnn.so.9 ]]; then
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+      --target "$DIR/site-cudnn" nvidia-cudnn-cu13==$CUDNN_VERSION
+  fi
+  local f b
+  for f in "$CUDNN"/lib/libcudnn*.so.*; do
+    b=$(basename "$f"); ln -sf "$f" "$C/lib/$b"; ln -sf "$f" "$C/lib/${b%%.so.*}.so"
+  done
+  echo "cuDNN $CUDNN_VERSION linked into $C/lib"
+}
 
 if [[ -f $STAMP && -x $C/bin/nvcc && -f $C/lib/stubs/libcuda.so && -e $C/lib/libnccl.so && -f $DIR/env.sh ]]; then
+  add_cudnn
   echo "CUDA 13.0 toolkit ready: source $DIR/env.sh"
   exit 0
 fi
@@ -84,4 +110,5 @@ export CUDARC_CUDA_VERSION=13000
 export CUDAFORGE_THREADS=\${CUDAFORGE_THREADS:-\$(nproc)}
 EOT
 touch "$STAMP"
+add_cudnn
 echo "CUDA 13.0 toolkit ready: source $DIR/env.sh"
