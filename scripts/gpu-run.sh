@@ -122,8 +122,8 @@ if [[ -z ${SKIP_BENCH:-} ]]; then
   fi
 fi
 if [[ -z ${SKIP_NETS:-} ]]; then
-  # Whole networks, ours vs PyTorch on this card (issue: GPU training at PyTorch speed). Ours
-  # has no bf16 yet: its bf16 rows record the error, PyTorch's autocast numbers still count.
+  # Whole networks, ours vs PyTorch on this card (issue: GPU training at PyTorch speed); bf16
+  # is ours `--precision bf16` against PyTorch's autocast.
   NETS=$RESULTS/nets
   mkdir -p "$NETS"
   files=() variants=()

@@ -90,15 +90,35 @@ impl DenseLinear {
             return dense_forward(x, &self.weight, &self.bias, relu);
         }
         let y = match x.dims() {
-            // (W x^T)^T: its weight gradient comes out contiguous, which makes the backward
-            // pass markedly faster than candle's x W^T.
-            [_, _] => self
-                .weight
-                .matmul(&x.t()?)?
-                .t()?
-                .broadcast_add(&self.bias)?,
+            [_, _] => Self::product(x, &self.weight, &self.bias)?,
             _ => self.inner.forward(x)?,
         };
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// `(W x^T)^T + b`: its weight gradient comes out contiguous, which makes the backward pass
+    /// markedly faster than candle's `x W^T`.
+    fn product(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        w.matmul(&x.t()?)?.t()?.broadcast_add(b)
+    }
+
+    /// The forward pass of a `(N, in)` batch in `dtype`, the weights cast to it at this use (their
+    /// gradients come back in f32).
+    pub(crate) fn forward_in(
+        &self,
+        x: &Tensor,
+        dtype: candle_core::DType,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        let y = Self::product(
+            &x.to_dtype(dtype)?,
+            &self.weight.to_dtype(dtype)?,
+            &self.bias.to_dtype(dtype)?,
+        )?;
         if relu {
             y.relu()
         } else {

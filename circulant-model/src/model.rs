@@ -90,7 +90,21 @@ impl Model {
     /// x: `(N, C, H, W)` f32, already normalised per `config.input` -> logits `(N, num_classes)`.
     /// (`mlp` also accepts `(N, C*H*W)`.)
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.forward_impl(x, mode, None)
+        self.forward_impl(x, mode, None, DType::F32)
+    }
+
+    /// Mixed precision: [`Model::forward`] with the activations, convolutions and dense products
+    /// in `compute` (`BF16` or `F16`; `F32` is [`Model::forward`]), each f32 weight cast to it
+    /// where it is used (its gradient comes back in f32); batch norms, circulant transforms and
+    /// the returned logits stay f32. On the CPU the half-precision layers run candle's generic
+    /// kernels: the mode is meant for GPUs.
+    pub fn forward_mixed(&self, x: &Tensor, mode: Mode, compute: DType) -> Result<Tensor> {
+        if !matches!(compute, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::InvalidConfig(format!(
+                "mixed precision computes in bf16, f16 or f32, not {compute:?}"
+            )));
+        }
+        self.forward_impl(x, mode, None, compute)
     }
 
     /// The eval-mode state for [`Model::forward_eval_with`], computed once, a snapshot of the
@@ -129,13 +143,21 @@ impl Model {
                 "eval cache was built for another model".into(),
             ));
         }
-        self.forward_impl(x, Mode::Eval, Some(cache))
+        self.forward_impl(x, Mode::Eval, Some(cache), DType::F32)
     }
 
-    fn forward_impl(&self, x: &Tensor, mode: Mode, cache: Option<&EvalCache>) -> Result<Tensor> {
+    /// The forward pass, with the activations in `dt` (see [`Model::forward_mixed`]).
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        cache: Option<&EvalCache>,
+        dt: DType,
+    ) -> Result<Tensor> {
         self.check_input(x)?;
         let train = matches!(mode, Mode::Train { .. });
-        let mut h = x.clone();
+        let mixed = dt != DType::F32;
+        let mut h = x.to_dtype(dt)?;
         let mut dropout_index = 0;
         // Layers already applied by an earlier one: a ReLU next to a max pool or after a
         // convolution or FC layer runs inside that layer, and so does a folded batch norm.
@@ -155,11 +177,19 @@ impl Model {
                         skip = 1 + usize::from(relu);
                         conv.forward_with(&h, weight, bias, relu)?
                     }
+                    _ if mixed => {
+                        skip = usize::from(next_is_relu);
+                        let (w, b) = (conv.weight().to_dtype(dt)?, conv.bias().to_dtype(dt)?);
+                        conv.forward_with(&h, &w, &b, next_is_relu)?
+                    }
                     _ => {
                         skip = usize::from(next_is_relu);
                         conv.forward_impl(&h, next_is_relu)?
                     }
                 },
+                Layer::BatchNorm { bn, .. } if mixed => {
+                    bn.forward(&h.to_dtype(DType::F32)?, train)?.to_dtype(dt)?
+                }
                 Layer::BatchNorm { bn, .. } => bn.forward(&h, train)?,
                 Layer::MaxPool { k, stride } if next_is_relu => {
                     skip = 1;
@@ -193,10 +223,17 @@ impl Model {
                                 y
                             }
                         }
+                        (FcLayer::Dense(d), _) if mixed => d.forward_in(&h, dt, next_is_relu)?,
+                        (FcLayer::Circulant(_), _) if mixed => fc
+                            .forward_impl(&h.to_dtype(DType::F32)?, next_is_relu)?
+                            .to_dtype(dt)?,
                         _ => fc.forward_impl(&h, next_is_relu)?,
                     }
                 }
             };
+        }
+        if mixed {
+            h = h.to_dtype(DType::F32)?;
         }
         Ok(h)
     }

@@ -1,4 +1,5 @@
-//! One SGD step of `mnist-cnn` with circulant heads on CUDA matches the same step on the CPU.
+//! One SGD step of `mnist-cnn` with circulant heads on CUDA matches the same step on the CPU;
+//! a bf16 mixed-precision step on CUDA follows the f32 step.
 //! Skips, printing why, when no CUDA device is usable; fails instead when
 //! `CIRCULANT_REQUIRE_CUDA=1`.
 #![cfg(feature = "cuda")]
@@ -39,7 +40,11 @@ fn flat(t: &Tensor) -> candle_core::Result<Vec<f32>> {
         .to_vec1()
 }
 
-fn train_step(head: Head, device: &Device) -> Result<Step, Box<dyn std::error::Error>> {
+fn train_step(
+    head: Head,
+    device: &Device,
+    compute: DType,
+) -> Result<Step, Box<dyn std::error::Error>> {
     let config = ModelConfig::new(Network::MnistCnn, head, 10, 7);
     let model = Model::new(config, device)?;
     let (images, labels) = batch();
@@ -50,7 +55,7 @@ fn train_step(head: Head, device: &Device) -> Result<Step, Box<dyn std::error::E
         .iter()
         .map(|(_, v)| flat(v.as_tensor()))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let logits = model.forward(&x, Mode::Train { dropout_seed: 11 })?;
+    let logits = model.forward_mixed(&x, Mode::Train { dropout_seed: 11 }, compute)?;
     let loss = loss::cross_entropy(&logits, &y)?;
     let mut sgd = SGD::new(vars.iter().map(|(_, v)| v.clone()).collect(), 0.05)?;
     sgd.backward_step(&loss)?;
@@ -73,8 +78,8 @@ fn check(head: Head) -> TestResult {
     let Some(dev) = cuda_device() else {
         return Ok(());
     };
-    let gpu = train_step(head, &dev)?;
-    let cpu = train_step(head, &Device::Cpu)?;
+    let gpu = train_step(head, &dev, DType::F32)?;
+    let cpu = train_step(head, &Device::Cpu, DType::F32)?;
     assert!(
         (gpu.loss - cpu.loss).abs() <= 1e-4 * cpu.loss.abs().max(1.0),
         "{head}: loss {} on CUDA vs {} on CPU",
@@ -113,4 +118,51 @@ fn mnist_cnn_step_with_circulant_heads_matches_cpu() -> TestResult {
 #[test]
 fn mnist_cnn_step_with_block_circulant_heads_matches_cpu() -> TestResult {
     check(Head::Block(100))
+}
+
+/// The bf16 step on CUDA (bf16 activations, f32 weights) moves every parameter the way the f32
+/// CPU step does: loss within 2%, each update with cosine similarity > 0.99 to the f32 one
+/// (updates negligible in f32, such as nothing here, must stay negligible).
+#[test]
+fn mnist_cnn_bf16_step_follows_the_f32_step() -> TestResult {
+    let Some(dev) = cuda_device() else {
+        return Ok(());
+    };
+    for head in [Head::Circulant, Head::Dense] {
+        let gpu = train_step(head, &dev, DType::BF16)?;
+        let cpu = train_step(head, &Device::Cpu, DType::F32)?;
+        assert!(
+            (gpu.loss - cpu.loss).abs() <= 0.02 * cpu.loss.abs(),
+            "{head}: bf16 loss {} vs f32 {}",
+            gpu.loss,
+            cpu.loss
+        );
+        let norm = |v: &[f32]| v.iter().map(|u| f64::from(u * u)).sum::<f64>().sqrt();
+        let deltas: Vec<(String, Vec<f32>, Vec<f32>)> = gpu
+            .params
+            .iter()
+            .zip(&cpu.params)
+            .map(|((name, g0, g1), (_, c0, c1))| {
+                let d = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect();
+                (name.clone(), d(g1, g0), d(c1, c0))
+            })
+            .collect();
+        let largest = deltas.iter().map(|(_, _, c)| norm(c)).fold(0f64, f64::max);
+        for (name, g, c) in &deltas {
+            if norm(c) < 1e-3 * largest {
+                assert!(
+                    norm(g) < 1e-2 * largest,
+                    "{head}: {name} moved in bf16 only"
+                );
+                continue;
+            }
+            let dot: f64 = g.iter().zip(c).map(|(a, b)| f64::from(a * b)).sum();
+            let cos = dot / (norm(g) * norm(c));
+            assert!(
+                cos > 0.99,
+                "{head}: update of {name}: cosine {cos} to the f32 update"
+            );
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use circulant_model::{Model, ModelConfig};
+use circulant_model::{Mode, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -37,12 +37,6 @@ fn classes(network: circulant_model::Network) -> usize {
 
 /// `trainer bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.precision != Precision::F32 {
-        bail!(
-            "--precision {:?} is not implemented yet: the trainer computes in f32",
-            args.precision
-        );
-    }
     if args.steps == 0 || args.batch_size == 0 {
         bail!("--steps and --batch-size must be at least 1");
     }
@@ -54,6 +48,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         head: Some(args.head),
         batch_size: Some(args.batch_size),
         optimizer: Some(args.optimizer),
+        precision: Some(args.precision),
         ..Default::default()
     };
     let (config, _) = settings::resolve(&train_args, None)?;
@@ -84,12 +79,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     device.synchronize()?;
     let train_img_s = (n * args.steps) as f64 / t.elapsed().as_secs_f64();
 
-    // Inference as `Classifier::logits` (and `predict`, `eval`) runs it: eval mode with the
-    // circulant weights' spectra computed once, before the clock starts.
+    // Inference in f32 as `Classifier::logits` (and `predict`, `eval`) runs it: eval mode with
+    // the circulant weights' spectra computed once, before the clock starts; in bf16, the
+    // mixed-precision forward pass in eval mode.
     let x = Tensor::from_vec(batch, (n, shape.c, shape.h, shape.w), &device)?;
     let cache = trainer.model.eval_cache()?;
     let infer = |model: &Model| -> Result<()> {
-        let y = model.forward_eval_with(&x, &cache)?;
+        let y = match args.precision {
+            Precision::F32 => model.forward_eval_with(&x, &cache)?,
+            p => model.forward_mixed(&x, Mode::Eval, p.compute_dtype())?,
+        };
         y.to_device(&candle_core::Device::Cpu)?;
         Ok(())
     };

@@ -273,6 +273,11 @@ pub struct TrainArgs {
     /// norm). For tests that compare runs whose dropout masks would differ
     #[arg(long, hide = true)]
     pub no_dropout: bool,
+    /// Training arithmetic: f32, or bf16 mixed precision (bf16 activations, convolutions and
+    /// dense products; f32 weights, optimizer state, batch norms, circulant transforms, loss,
+    /// evaluation and checkpoints). bf16 needs a CUDA device [default: f32]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 impl TrainArgs {
@@ -379,14 +384,36 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
-/// Numeric precision of a benchmark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+/// Training arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
     /// 32-bit floats.
+    #[default]
     F32,
-    /// bfloat16 mixed precision (not implemented yet).
+    /// bfloat16 mixed precision (CUDA only: candle's CPU matmul has no bf16 kernel).
     Bf16,
+}
+
+impl Precision {
+    /// The dtype of the activations.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// Refuses bf16 on a CPU device, with the reason.
+    pub fn check_device(self, device: &candle_core::Device) -> anyhow::Result<()> {
+        if self == Precision::Bf16 && device.is_cpu() {
+            anyhow::bail!(
+                "--precision bf16 needs a CUDA device (--device cuda): candle's CPU matmul has no \
+                 bf16 kernel"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Options of `trainer bench`.

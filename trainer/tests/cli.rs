@@ -1020,6 +1020,35 @@ fn bad_inputs_give_one_clear_error() {
         ],
         "unknown device",
     );
+    // bf16 on the CPU, for training and for the benchmark; no run directory is left behind.
+    let bf16_out = tmp.path().join("bf16");
+    fails(
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp",
+            "--precision",
+            "bf16",
+            "--out",
+            s(&bf16_out),
+        ],
+        "--precision bf16 needs a CUDA device",
+    );
+    assert!(!bf16_out.exists());
+    fails(
+        &[
+            "bench",
+            "--model",
+            "mlp",
+            "--precision",
+            "bf16",
+            "--steps",
+            "1",
+        ],
+        "--precision bf16 needs a CUDA device",
+    );
     // Unwritable --out (a path below a regular file).
     let file = tmp.path().join("file");
     std::fs::write(&file, b"x").unwrap();

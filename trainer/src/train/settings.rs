@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use circulant_model::{Head, Network};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{DatasetKind, OptimizerKind, ScheduleKind, TrainArgs};
+use crate::cli::{DatasetKind, OptimizerKind, Precision, ScheduleKind, TrainArgs};
 
 /// The defaults of `trainer train`, as (option id, shown value). Options whose default depends
 /// on others say so.
@@ -160,6 +160,13 @@ pub struct RunSpec {
     /// Trains without dropout (hidden `--no-dropout`, for tests).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_dropout: bool,
+    /// Training arithmetic (runs before `--precision` existed are f32).
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: Precision,
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }
 
 /// What a resumed run may change (e.g. more epochs, another learning rate).
@@ -239,6 +246,7 @@ fn fresh(args: &TrainArgs) -> Result<TrainConfig> {
             synthetic_test: args.synthetic_test.unwrap_or(SYNTHETIC_TEST),
             synthetic_classes: args.synthetic_classes.unwrap_or(SYNTHETIC_CLASSES),
             no_dropout: args.no_dropout,
+            precision: args.precision.unwrap_or_default(),
         },
         adjustable: Adjustable {
             data_dir: args.data_dir.clone(),
@@ -301,6 +309,7 @@ pub fn resolve(
         &r.synthetic_classes,
     )?;
     must("no-dropout", args.no_dropout.then_some(true), &r.no_dropout)?;
+    must("precision", args.precision, &r.precision)?;
 
     let mut c = s.clone();
     let mut notes = Vec::new();

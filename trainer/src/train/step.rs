@@ -22,6 +22,8 @@ pub struct Trainer {
     shape: Shape,
     /// Train in evaluation mode: no dropout (networks without batch norm only).
     no_dropout: bool,
+    /// Dtype of the forward pass's activations (f32, or bf16 for mixed precision).
+    compute: candle_core::DType,
     /// Set in a data-parallel run: the gradient sums over the ranks.
     dist: Option<Dist>,
     /// The running loss and correct predictions of the steps taken, on the device: every step
@@ -66,6 +68,7 @@ impl Trainer {
                 config.run.network
             );
         }
+        config.run.precision.check_device(model.device())?;
         let optimizer: Box<dyn Optimizer> = match config.run.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(
                 model.trainable(),
@@ -92,6 +95,7 @@ impl Trainer {
             seed: config.run.seed,
             shape,
             no_dropout: config.run.no_dropout,
+            compute: config.run.precision.compute_dtype(),
             dist: None,
             stats,
         })
@@ -180,7 +184,7 @@ impl Trainer {
             let Shape { c, h, w } = self.shape;
             let x = Tensor::from_vec(images, (n, c, h, w), &device)?;
             let y = Tensor::from_slice(labels, n, &device)?;
-            let logits = self.model.forward(&x, mode)?;
+            let logits = self.model.forward_mixed(&x, mode, self.compute)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             local = Some((logits, loss, y));
         }
