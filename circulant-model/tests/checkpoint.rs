@@ -1,5 +1,7 @@
 //! Save -> load round trips and checkpoint errors.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -8,8 +10,7 @@ use circulant_model::checkpoint::{read_metadata, to_safetensors_bytes, write_ato
 use circulant_model::{
     CheckpointInfo, Error, Head, Mode, Model, ModelConfig, Network, SaveOptions,
 };
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use common::random_batch;
 
 fn tmp_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -18,14 +19,6 @@ fn tmp_dir(test: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn random_input(cfg: &ModelConfig, n: usize, seed: u64) -> Tensor {
-    let inp = &cfg.input;
-    let len = n * inp.channels * inp.height * inp.width;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, (n, inp.channels, inp.height, inp.width), &Device::Cpu).unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -41,7 +34,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 fn round_trip(cfg: ModelConfig, dir: &std::path::Path) -> u64 {
     let dev = Device::Cpu;
     let model = Model::new(cfg.clone(), &dev).unwrap();
-    let x = random_input(&cfg, 3, 5);
+    let x = random_batch(&cfg, 3, 5);
     // A train-mode pass changes the batch-norm running statistics, which must be saved too.
     model.forward(&x, Mode::Train { dropout_seed: 9 }).unwrap();
     let path = dir.join(format!("{}-{}.safetensors", cfg.network, cfg.heads.len()));
@@ -299,7 +292,7 @@ fn class_names_round_trip() {
     assert!(!meta.contains_key("dtype"));
     let (loaded, info2) = Model::load_with_info(&path, &dev).unwrap();
     assert_eq!(info2, info);
-    let x = random_input(&cfg, 2, 3);
+    let x = random_batch(&cfg, 2, 3);
     assert_eq!(
         bits(&model.forward(&x, Mode::Eval).unwrap()),
         bits(&loaded.forward(&x, Mode::Eval).unwrap())
@@ -339,7 +332,7 @@ fn old_files_without_classes_or_dtype_load() {
     let info = CheckpointInfo::read(&path).unwrap();
     assert_eq!((info.class_names, info.dtype), (None, DType::F32));
     let loaded = Model::load(&path, &dev).unwrap();
-    let x = random_input(&cfg, 2, 1);
+    let x = random_batch(&cfg, 2, 1);
     assert_eq!(
         bits(&model.forward(&x, Mode::Eval).unwrap()),
         bits(&loaded.forward(&x, Mode::Eval).unwrap())
@@ -356,7 +349,7 @@ fn half_precision_round_trips() {
     let f32_path = dir.join("f32.safetensors");
     model.save(&f32_path).unwrap();
     let f32_size = std::fs::metadata(&f32_path).unwrap().len() as f64;
-    let x = random_input(&cfg, 4, 7);
+    let x = random_batch(&cfg, 4, 7);
     let want = model.forward(&x, Mode::Eval).unwrap();
     let scale = want
         .abs()
@@ -411,7 +404,7 @@ fn from_tensors_rebuilds_and_validates() {
     let model = Model::new(cfg.clone(), &dev).unwrap();
     let map: HashMap<String, Tensor> = model.tensors().into_iter().collect();
     let rebuilt = Model::from_tensors(cfg.clone(), map.clone(), &dev).unwrap();
-    let x = random_input(&cfg, 2, 2);
+    let x = random_batch(&cfg, 2, 2);
     assert_eq!(
         bits(&model.forward(&x, Mode::Eval).unwrap()),
         bits(&rebuilt.forward(&x, Mode::Eval).unwrap())
@@ -589,7 +582,7 @@ fn loaded_models_own_their_weights_and_train() {
     Model::new(cfg.clone(), &dev).unwrap().save(&path).unwrap();
     let a = Model::load(&path, &dev).unwrap();
     let b = Model::load(&path, &dev).unwrap();
-    let x = random_input(&cfg, 2, 3);
+    let x = random_batch(&cfg, 2, 3);
     let before = bits(&b.forward(&x, Mode::Eval).unwrap());
     // Every trainable tensor of a loaded model gets a gradient.
     let loss = a

@@ -1,11 +1,12 @@
 //! The inference API: loading, probabilities, top-k, input checks, threads, preprocessing.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use circulant_model::{Classifier, Error, Head, Mode, Model, ModelConfig, Network, SaveOptions};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use common::random_batch;
 
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
@@ -19,14 +20,6 @@ fn tmp_dir(test: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn random_batch(cfg: &ModelConfig, n: usize, seed: u64) -> Tensor {
-    let inp = &cfg.input;
-    let len = n * inp.channels * inp.height * inp.width;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, (n, inp.channels, inp.height, inp.width), &Device::Cpu).unwrap()
 }
 
 fn vec2(t: &Tensor) -> Vec<Vec<f32>> {

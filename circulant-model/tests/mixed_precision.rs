@@ -3,18 +3,11 @@
 //! kernel, and the code path is the same for both (bf16 is tested on the GPU, in the tests
 //! crate's `cuda_training`).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use circulant_model::{Error, Head, Mode, Model, ModelConfig, Network};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-fn batch(cfg: &ModelConfig, n: usize, seed: u64) -> Tensor {
-    let inp = &cfg.input;
-    let len = n * inp.channels * inp.height * inp.width;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, (n, inp.channels, inp.height, inp.width), &Device::Cpu).unwrap()
-}
+use common::random_batch;
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -35,7 +28,7 @@ fn half_logits_follow_f32() {
     ] {
         let cfg = ModelConfig::new(net, head, 10, 7);
         let model = Model::new(cfg.clone(), &dev).unwrap();
-        let x = batch(&cfg, 3, 1);
+        let x = random_batch(&cfg, 3, 1);
         for mode in [Mode::Eval, Mode::Train { dropout_seed: 5 }] {
             let want = flat(&model.forward(&x, mode).unwrap());
             let got = model.forward_mixed(&x, mode, DType::F16).unwrap();
@@ -69,7 +62,7 @@ fn half_gradients_follow_f32() {
     ] {
         let cfg = ModelConfig::new(net, head, 10, 3);
         let model = Model::new(cfg.clone(), &dev).unwrap();
-        let x = batch(&cfg, 4, 2);
+        let x = random_batch(&cfg, 4, 2);
         let y = Tensor::new(&[1u32, 7, 3, 0], &dev).unwrap();
         let mode = Mode::Train { dropout_seed: 9 };
         let loss = |logits: Tensor| candle_nn::loss::cross_entropy(&logits, &y).unwrap();
@@ -115,7 +108,7 @@ fn other_compute_types_are_errors() {
     let cfg = ModelConfig::new(Network::Mlp, Head::Dense, 10, 0);
     let model = Model::new(cfg.clone(), &Device::Cpu).unwrap();
     let err = model
-        .forward_mixed(&batch(&cfg, 1, 0), Mode::Eval, DType::U8)
+        .forward_mixed(&random_batch(&cfg, 1, 0), Mode::Eval, DType::U8)
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
 }
