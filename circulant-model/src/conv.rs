@@ -113,12 +113,13 @@ impl Conv2dLayer {
 ///
 /// candle's CPU `conv2d` (tiled im2col with scattered writes, nested rayon loops) took ~40% of
 /// a mnist-cnn training step and its backward goes through the slow `conv_transpose2d`
-/// (docs/bench/). This op runs the classic im2col + gemm scheme instead: per image, the
-/// `(c_in·k·k, L)` patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias
-/// folded in; images are split over rayon's threads (or, for fewer images than threads, the
-/// product is). The backward pass recomputes the patch matrix, takes `dW += G·colsᵀ` and
-/// `dcols = Wᵀ·G` per image and scatters `dcols` back onto the input gradient. With `relu`
-/// the op returns `relu(conv2d(x, w) + b)`.
+/// (docs/bench/). This op runs the classic im2col + gemm scheme instead: per (image, block of
+/// output rows) task (see [`Geometry::blocks`]), the block's columns of the `(c_in·k·k, L)`
+/// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. The
+/// backward pass recomputes the patch matrix, takes `dW += G·colsᵀ` and `dcols = Wᵀ·G` per
+/// image and scatters `dcols` back onto the input gradient; its images are split over rayon's
+/// threads (or, for fewer images than threads, the products are). With `relu` the op returns
+/// `relu(conv2d(x, w) + b)`.
 struct Conv2dOp {
     padding: usize,
     stride: usize,
@@ -206,30 +207,19 @@ impl Geometry {
             .filter(|&iy| iy < self.h)
     }
 
-    /// The patch matrix `(c_in·k·k, oh·ow)` of one image: row `(c, ky, kx)`, column `(oy, ox)`
-    /// holds `img[c, oy·stride + ky - padding, ox·stride + kx - padding]`, 0 outside. With
-    /// `parallel` the rows are shared out over rayon's threads.
-    fn im2col(&self, img: &[f32], cols: &mut [f32], parallel: bool) {
-        let (k, l) = (self.k, self.l());
+    /// The columns of output rows `oys` of one image's patch matrix, a `(c_in·k·k,
+    /// oys.len()·ow)` matrix in `cols`: row `(c, ky, kx)`, column `(oy, ox)` holds
+    /// `img[c, oy·stride + ky - padding, ox·stride + kx - padding]`, 0 outside. With `parallel`
+    /// the rows are shared out over rayon's threads.
+    fn im2col(&self, img: &[f32], oys: Range<usize>, cols: &mut [f32], parallel: bool) {
+        let (k, l) = (self.k, oys.len() * self.ow);
         let cols = &mut cols[..self.ckk() * l];
         // One task per input channel and kernel row: `k` rows of the patch matrix.
-        let task = |(i, rows): (usize, &mut [f32])| self.im2col_rows(img, i, 0..self.oh, rows);
+        let task = |(i, rows): (usize, &mut [f32])| self.im2col_rows(img, i, oys.clone(), rows);
         if parallel {
             cols.par_chunks_mut(k * l).enumerate().for_each(task);
         } else {
             cols.chunks_mut(k * l).enumerate().for_each(task);
-        }
-    }
-
-    /// The columns of output rows `oys` of the patch matrix, as a `(c_in·k·k, oys.len()·ow)`
-    /// matrix in `cols`.
-    fn im2col_block(&self, img: &[f32], oys: Range<usize>, cols: &mut [f32]) {
-        let rows = self.k * oys.len() * self.ow;
-        for (i, rows) in cols[..self.ckk() * oys.len() * self.ow]
-            .chunks_mut(rows)
-            .enumerate()
-        {
-            self.im2col_rows(img, i, oys.clone(), rows);
         }
     }
 
@@ -273,9 +263,9 @@ impl Geometry {
         }
     }
 
-    /// The adjoint of [`Self::im2col`]: adds each patch-matrix entry back onto the input pixel
-    /// it was read from (`img` is overwritten). With `parallel` the channels are shared out
-    /// over rayon's threads.
+    /// The adjoint of [`Self::im2col`] over all output rows: adds each patch-matrix entry back
+    /// onto the input pixel it was read from (`img` is overwritten). With `parallel` the
+    /// channels are shared out over rayon's threads.
     fn col2im(&self, cols: &[f32], img: &mut [f32], parallel: bool) {
         let (plane, rows) = (self.h * self.w, self.k * self.k * self.l());
         let task = |(img, cols): (&mut [f32], &[f32])| self.col2im_channel(cols, img);
@@ -375,7 +365,7 @@ impl CustomOp3 for Conv2dOp {
             let oys = j * g.oh / blocks..(j + 1) * g.oh / blocks;
             let (offset, len) = (i * g.out_len() + oys.start * g.ow, oys.len() * g.ow);
             with_scratch(ckk * len, |cols| {
-                g.im2col_block(&x[i * g.in_len()..][..g.in_len()], oys, cols);
+                g.im2col(&x[i * g.in_len()..][..g.in_len()], oys, cols, false);
                 // SAFETY: task (i, j) alone touches rows `oys` of image i's output planes,
                 // `c_out` runs of `len` values `l` apart from `offset`, all inside `y`.
                 unsafe {
@@ -509,7 +499,7 @@ impl CustomOp3 for Conv2dBackward {
                     }
                     let gy = Mat::rows(gy, c_out, l);
                     with_scratch(ckk * l, |cols| {
-                        g.im2col(img, cols, parallel_gemm);
+                        g.im2col(img, 0..g.oh, cols, parallel_gemm);
                         matmul(dw, gy, Mat::rows(cols, ckk, l).t(), true, parallel_gemm);
                         if let Some(dx) = dxs.as_mut().and_then(|d| d.next()) {
                             matmul(cols, weight_t, gy, false, parallel_gemm);
