@@ -1,10 +1,11 @@
-"""PyTorch peer of `circulant-model/examples/conv_layers.rs`: CPU time of AlexNet's five
-convolutions (each followed by a ReLU) and its first max pool, eval mode, no autograd.
+"""PyTorch peer of `circulant-model/examples/conv_layers.rs`: CPU time of the five
+convolutions (each followed by a ReLU) of AlexNet (and its first max pool) or of cifar-cnn,
+eval mode, no autograd.
 
 Prints one line per layer with the fastest of 100 calls after 5 warm-up calls (the fastest
 call is the figure least disturbed by other work on a shared machine).
 
-    python bench/torch_conv_layers.py --batch 1 --threads 2
+    python bench/torch_conv_layers.py --batch 1 --threads 2 [--net alexnet|cifar]
 """
 
 import argparse
@@ -13,14 +14,25 @@ import time
 import torch
 import torch.nn as nn
 
-# name, c_in, c_out, kernel, stride, padding, input side (torchvision's AlexNet at 224x224)
-LAYERS = [
-    ("conv1", 3, 64, 11, 4, 2, 224),
-    ("conv2", 64, 192, 5, 1, 2, 27),
-    ("conv3", 192, 384, 3, 1, 1, 13),
-    ("conv4", 384, 256, 3, 1, 1, 13),
-    ("conv5", 256, 256, 3, 1, 1, 13),
-]
+# name, c_in, c_out, kernel, stride, padding, input side
+LAYERS = {
+    # torchvision's AlexNet at 224x224
+    "alexnet": [
+        ("conv1", 3, 64, 11, 4, 2, 224),
+        ("conv2", 64, 192, 5, 1, 2, 27),
+        ("conv3", 192, 384, 3, 1, 1, 13),
+        ("conv4", 384, 256, 3, 1, 1, 13),
+        ("conv5", 256, 256, 3, 1, 1, 13),
+    ],
+    # circulant-model's cifar-cnn (docs/CHECKPOINT_FORMAT.md)
+    "cifar": [
+        ("conv1", 3, 64, 3, 1, 1, 32),
+        ("conv2", 64, 64, 3, 1, 1, 32),
+        ("conv3", 64, 128, 3, 1, 1, 16),
+        ("conv4", 128, 128, 3, 1, 1, 16),
+        ("conv5", 128, 256, 3, 1, 1, 8),
+    ],
+}
 
 
 def fastest_ms(f, warmup=5, calls=100):
@@ -38,21 +50,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--net", choices=sorted(LAYERS), default="alexnet")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     total = 0.0
     with torch.inference_mode():
-        for name, ci, co, k, s, pad, side in LAYERS:
+        for name, ci, co, k, s, pad, side in LAYERS[a.net]:
             conv = nn.Conv2d(ci, co, k, s, pad).eval()
             x = torch.randn(a.batch, ci, side, side)
             ms = fastest_ms(lambda: torch.relu(conv(x)))
             total += ms
             print(f"{name} b{a.batch} {ms:.3f} ms")
-        x = torch.randn(a.batch, 64, 55, 55)
-        pool = nn.MaxPool2d(3, 2)
-        print(f"pool1 {fastest_ms(lambda: pool(x)):.3f} ms")
+        if a.net == "alexnet":
+            x = torch.randn(a.batch, 64, 55, 55)
+            pool = nn.MaxPool2d(3, 2)
+            print(f"pool1 {fastest_ms(lambda: pool(x)):.3f} ms")
     print(f"conv total {total:.3f} ms")
 
 

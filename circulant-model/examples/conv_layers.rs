@@ -1,9 +1,10 @@
-//! CPU time of AlexNet's five convolutions (each followed by a ReLU) and its first max pool, no
-//! autograd, to set beside `bench/torch_conv_layers.py` (same layers, same figure: the fastest
-//! of 100 calls after 5 warm-up calls, the one least disturbed by other work on the machine).
+//! CPU time of the five convolutions (each followed by a ReLU) of AlexNet (and its first max
+//! pool) or of cifar-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same layers,
+//! same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed by
+//! other work on the machine).
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH]
+//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar]
 //! ```
 
 use std::time::Instant;
@@ -28,14 +29,26 @@ fn fastest_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 fn main() -> Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(1), |s| s.parse())?;
+    let net = std::env::args().nth(2).unwrap_or_else(|| "alexnet".into());
     let dev = Device::Cpu;
-    let layers = [
-        ("conv1", 3, 64, 11, 4, 2, 224),
-        ("conv2", 64, 192, 5, 1, 2, 27),
-        ("conv3", 192, 384, 3, 1, 1, 13),
-        ("conv4", 384, 256, 3, 1, 1, 13),
-        ("conv5", 256, 256, 3, 1, 1, 13),
-    ];
+    // name, c_in, c_out, kernel, stride, padding, input side
+    let layers = match net.as_str() {
+        "alexnet" => [
+            ("conv1", 3, 64, 11, 4, 2, 224),
+            ("conv2", 64, 192, 5, 1, 2, 27),
+            ("conv3", 192, 384, 3, 1, 1, 13),
+            ("conv4", 384, 256, 3, 1, 1, 13),
+            ("conv5", 256, 256, 3, 1, 1, 13),
+        ],
+        "cifar" => [
+            ("conv1", 3, 64, 3, 1, 1, 32),
+            ("conv2", 64, 64, 3, 1, 1, 32),
+            ("conv3", 64, 128, 3, 1, 1, 16),
+            ("conv4", 128, 128, 3, 1, 1, 16),
+            ("conv5", 128, 256, 3, 1, 1, 8),
+        ],
+        other => return Err(format!("unknown network {other:?}: alexnet or cifar").into()),
+    };
     let mut total = 0.0;
     for (name, ci, co, k, s, p, h) in layers {
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?)?;
@@ -49,12 +62,14 @@ fn main() -> Result<()> {
         total += ms;
         println!("{name} b{n} {ms:.3} ms");
     }
-    let x = Tensor::randn(0f32, 1.0, (n, 64, 55, 55), &dev)?;
-    let ms = fastest_ms(|| {
-        max_pool2d(&x, 3, 2)?;
-        Ok(())
-    })?;
-    println!("pool1 {ms:.3} ms");
+    if net == "alexnet" {
+        let x = Tensor::randn(0f32, 1.0, (n, 64, 55, 55), &dev)?;
+        let ms = fastest_ms(|| {
+            max_pool2d(&x, 3, 2)?;
+            Ok(())
+        })?;
+        println!("pool1 {ms:.3} ms");
+    }
     println!("conv total {total:.3} ms");
     Ok(())
 }

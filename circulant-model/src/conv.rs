@@ -1,4 +1,5 @@
-//! 2-d convolution: candle's `conv2d` on the GPU, an im2col + gemm custom op on the CPU.
+//! 2-d convolution: candle's `conv2d` on the GPU, an im2col + gemm (or, for 3×3 kernels,
+//! Winograd) custom op on the CPU.
 //!
 //! Why a custom CPU op: candle 0.11's CPU `conv2d` gathers its patches with scattered writes
 //! inside nested rayon loops, and its input gradient goes through `conv_transpose2d`, a direct
@@ -9,6 +10,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use std::ops::Range;
+
+mod winograd;
 
 use crate::cpu::{f32_slice, gemm_block, matmul, use_cpu_op, with_scratch, Mat, SendPtr};
 use crate::error::{Error, Result};
@@ -115,7 +118,9 @@ impl Conv2dLayer {
 /// a mnist-cnn training step and its backward goes through the slow `conv_transpose2d`
 /// (docs/bench/). This op runs the classic im2col + gemm scheme instead: per (image, block of
 /// output rows) task (see [`Geometry::blocks`]), the block's columns of the `(c_in·k·k, L)`
-/// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. The
+/// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. 3×3,
+/// stride-1 convolutions with enough channels and output pixels take Winograd's F(2×2, 3×3)
+/// instead (see `winograd`): 16 multiply-adds per 2×2 outputs and channel pair, not 36. The
 /// backward pass recomputes the patch matrix, takes `dW += G·colsᵀ` and `dcols = Wᵀ·G` per
 /// image and scatters `dcols` back onto the input gradient; its images are split over rayon's
 /// threads (or, for fewer images than threads, the products are). With `relu` the op returns
@@ -354,8 +359,13 @@ impl CustomOp3 for Conv2dOp {
         if bias.len() != g.c_out {
             candle_core::bail!("conv2d: bias {:?} for {} channels", l3.dims(), g.c_out)
         }
-        let (l, ckk, blocks) = (g.l(), g.ckk(), g.blocks());
         let mut y = vec![0f32; g.n * g.out_len()];
+        if winograd::applies(&g) {
+            let u = winograd::filters(w, g.c_out, g.c_in);
+            winograd::forward(&g, x, &u, bias, self.relu, &mut y);
+            return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
+        }
+        let (l, ckk, blocks) = (g.l(), g.ckk(), g.blocks());
         let out = SendPtr(y.as_mut_ptr());
         let weight = Mat::rows(w, g.c_out, ckk);
         // One task per (image, block of output rows): its patch columns, then one product
@@ -670,12 +680,58 @@ mod tests {
         (y, dx, dw, db)
     }
 
+    /// Forward and all three gradients of one case `(n, c_in, c_out, h, w, k, p, s)` equal the
+    /// float64 reference.
+    fn check_against_reference(
+        rng: &mut StdRng,
+        (n, c_in, c_out, h, w, k, p, s): (usize, usize, usize, usize, usize, usize, usize, usize),
+    ) {
+        let x = random_var(rng, &[n, c_in, h, w]);
+        let wt = random_var(rng, &[c_out, c_in, k, k]);
+        let b = random_var(rng, &[c_out]);
+        let y = Conv2dLayer::new(wt.clone(), b.clone(), p, s)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let gy = random_var(rng, y.dims());
+        let grads = (&y * gy.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (ry, rdx, rdw, rdb) = reference(
+            &host(&x),
+            (n, c_in, h, w),
+            &host(&wt),
+            (c_out, k),
+            &host(&b),
+            (p, s),
+            &host(&gy),
+        );
+        let case = format!("n {n} c_in {c_in} c_out {c_out} {h}x{w} k{k} p{p} s{s}");
+        for (what, got, want) in [
+            ("y", host(&y), ry),
+            ("dx", host(grads.get(&x).unwrap()), rdx),
+            ("dw", host(grads.get(&wt).unwrap()), rdw),
+            ("db", host(grads.get(&b).unwrap()), rdb),
+        ] {
+            assert_eq!(got.len(), want.len(), "{case} {what}");
+            for (u, v) in got.iter().zip(&want) {
+                assert!(
+                    (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
+                    "{case} {what}: {u} vs {v}"
+                );
+            }
+        }
+    }
+
     /// Forward and all three gradients equal the float64 reference, for odd sizes, strides,
     /// paddings and batches below and above the thread count (both ways of splitting work).
     #[test]
     fn matches_float64_reference() {
         let mut rng = StdRng::seed_from_u64(1);
-        for (n, c_in, c_out, h, w, k, p, s) in [
+        for case in [
             (1, 1, 3, 7, 5, 3, 0, 1),
             (5, 2, 3, 9, 11, 3, 1, 1),
             (3, 3, 4, 13, 13, 5, 2, 1),
@@ -683,53 +739,37 @@ mod tests {
             (4, 2, 2, 10, 9, 3, 1, 2),
             (1, 4, 6, 8, 8, 5, 4, 3),
             (7, 1, 2, 4, 4, 1, 0, 1),
+            // 3×3, stride 1, c_in >= 16, >= 512 tiles of 2×2 outputs: the Winograd forward, on
+            // odd and even sizes with paddings 0-2.
+            (2, 16, 5, 32, 31, 3, 1, 1),
+            (1, 17, 40, 49, 47, 3, 0, 1),
+            (3, 16, 4, 33, 34, 3, 2, 1),
         ] {
-            let x = random_var(&mut rng, &[n, c_in, h, w]);
-            let wt = random_var(&mut rng, &[c_out, c_in, k, k]);
-            let b = random_var(&mut rng, &[c_out]);
-            let y = Conv2dLayer::new(wt.clone(), b.clone(), p, s)
-                .unwrap()
-                .forward(&x)
-                .unwrap();
-            let gy = random_var(&mut rng, y.dims());
-            let grads = (&y * gy.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let (ry, rdx, rdw, rdb) = reference(
-                &host(&x),
-                (n, c_in, h, w),
-                &host(&wt),
-                (c_out, k),
-                &host(&b),
-                (p, s),
-                &host(&gy),
-            );
-            let case = format!("n {n} c_in {c_in} c_out {c_out} {h}x{w} k{k} p{p} s{s}");
-            for (what, got, want) in [
-                ("y", host(&y), ry),
-                ("dx", host(grads.get(&x).unwrap()), rdx),
-                ("dw", host(grads.get(&wt).unwrap()), rdw),
-                ("db", host(grads.get(&b).unwrap()), rdb),
-            ] {
-                assert_eq!(got.len(), want.len(), "{case} {what}");
-                for (u, v) in got.iter().zip(&want) {
-                    assert!(
-                        (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
-                        "{case} {what}: {u} vs {v}"
-                    );
-                }
-            }
+            check_against_reference(&mut rng, case);
         }
+    }
+
+    /// With many threads and few tiles per thread the Winograd forward splits the output
+    /// channels as well as the tiles; it still equals the float64 reference.
+    #[test]
+    fn winograd_with_channels_split_matches_float64_reference() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(12)
+            .build()
+            .unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        pool.install(|| check_against_reference(&mut rng, (1, 17, 40, 49, 47, 3, 1, 1)));
     }
 
     /// The fused ReLU equals candle's `relu` after the layer, values and all three gradients.
     #[test]
     fn fused_relu_matches_separate_relu() {
         let mut rng = StdRng::seed_from_u64(2);
-        for (n, c_in, c_out, h, k, p, s) in [(3, 2, 4, 9, 3, 1, 1), (1, 3, 5, 12, 5, 2, 2)] {
+        for (n, c_in, c_out, h, k, p, s) in [
+            (3, 2, 4, 9, 3, 1, 1),
+            (1, 3, 5, 12, 5, 2, 2),
+            (2, 16, 20, 32, 3, 1, 1),
+        ] {
             let x = random_var(&mut rng, &[n, c_in, h, h]);
             let wt = random_var(&mut rng, &[c_out, c_in, k, k]);
             let b = random_var(&mut rng, &[c_out]);

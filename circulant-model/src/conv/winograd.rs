@@ -1,0 +1,224 @@
+//! The forward pass of a 3×3, stride-1 convolution as Winograd's minimal filtering F(2×2, 3×3)
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016).
+//!
+//! Each 2×2 block of output pixels (a *tile*) is computed from the 4×4 input patch under it:
+//! `Y = Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`. The sum over input channels is, for each of the
+//! 16 positions ξ of the 4×4 transformed patch, a product of the `(c_out, c_in)` matrix of
+//! transformed filters `U[ξ]` with the `(c_in, tiles)` matrix of transformed patches `V[ξ]`:
+//! 16 multiply-adds per tile and channel pair instead of im2col's 36 (4 pixels × 9 taps).
+//! The transforms themselves are additions (and halvings, for the filters) only.
+//!
+//! Work is split into tasks of [`TILES`] consecutive tiles (across images), each transforming
+//! its patches into a thread-owned scratch buffer, running its 16 products and writing its
+//! output pixels; with fewer than two blocks of tiles per thread the output channels are split
+//! too.
+
+use rayon::prelude::*;
+
+use super::Geometry;
+use crate::cpu::{gemm_block, with_scratch, Mat, SendPtr};
+
+/// Tiles per task. On the AlexNet and cifar-cnn 3×3 convolutions, 32 to 256 ran within the
+/// machine's noise of each other (2-vCPU AMD EPYC, 2026-11-30).
+const TILES: usize = 64;
+
+/// Input channels below which the im2col path is faster (its products are then too thin for
+/// 16 separate ones to pay off).
+const MIN_C_IN: usize = 16;
+
+/// Tiles (over the whole batch) below which the im2col path is faster: the filter transform
+/// and 16 products with few columns then cost more than they save (AlexNet's 3×3
+/// convolutions at batch 1, 49 tiles: 3-4× slower than im2col).
+const MIN_TILES: usize = 512;
+
+/// Values between the starts of two transformed planes holding `len` values: `len` and one
+/// cache line more, so that the 16 planes a transform writes or reads together do not start
+/// at the same offset modulo 4 KiB (planes of 64 tiles often span a multiple of 4 KiB, and
+/// 16 streams in the same L1 sets made the transforms 5× slower).
+fn padded(len: usize) -> usize {
+    len + 16
+}
+
+/// Whether the forward pass of `g` runs as Winograd F(2×2, 3×3).
+pub(super) fn applies(g: &Geometry) -> bool {
+    g.k == 3
+        && g.stride == 1
+        && g.c_in >= MIN_C_IN
+        && g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2) >= MIN_TILES
+}
+
+/// The transformed filters `U[ξ] = G g Gᵀ` of a `(c_out, c_in, 3, 3)` weight: 16 row-major
+/// `(c_out, c_in)` planes, plane `ξ = 4·i + j` holding entry `(i, j)` of every 4×4 `U`.
+pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = c_out * c_in;
+    let mut u = vec![0f32; 16 * plane];
+    // G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]] applied to a 3-vector.
+    let g = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    for (oc, k) in w.chunks_exact(9).enumerate() {
+        let cols = [0, 1, 2].map(|j| g(k[j], k[3 + j], k[6 + j]));
+        for i in 0..4 {
+            for (j, v) in g(cols[0][i], cols[1][i], cols[2][i])
+                .into_iter()
+                .enumerate()
+            {
+                u[(4 * i + j) * plane + oc] = v;
+            }
+        }
+    }
+    u
+}
+
+/// `relu?(conv2d(x, w) + bias)` into `y` (`(n, c_out, oh, ow)`, every value written), with
+/// `u = filters(w)`.
+pub(super) fn forward(g: &Geometry, x: &[f32], u: &[f32], bias: &[f32], relu: bool, y: &mut [f32]) {
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let tiles = g.n * th * tw;
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = tiles.div_ceil(TILES);
+    // With fewer tile blocks than about two per thread, split the output channels as well.
+    let groups = if blocks >= 2 * threads {
+        1
+    } else {
+        threads.min(g.c_out.div_ceil(16)).max(1)
+    };
+    let per_group = g.c_out.div_ceil(groups);
+    let (per_block, blocks) = if groups > 1 {
+        (tiles.div_ceil(blocks), blocks)
+    } else {
+        (TILES, blocks)
+    };
+    let out = SendPtr(y.as_mut_ptr());
+    (0..blocks * groups).into_par_iter().for_each(|task| {
+        let (blk, grp) = (task / groups, task % groups);
+        let ts = blk * per_block..((blk + 1) * per_block).min(tiles);
+        let os = grp * per_group..((grp + 1) * per_group).min(g.c_out);
+        if ts.is_empty() || os.is_empty() {
+            return;
+        }
+        let (nt, no) = (ts.len(), os.len());
+        let (vs, ms) = (padded(g.c_in * nt), padded(no * nt));
+        with_scratch(16 * (vs + ms), |buf| {
+            let (v, m) = buf.split_at_mut(16 * vs);
+            let tiles = tile_list(g, ts);
+            transform_input(g, x, &tiles, v, vs);
+            let plane = g.c_out * g.c_in;
+            for xi in 0..16 {
+                let a = Mat::rows(&u[xi * plane + os.start * g.c_in..], no, g.c_in);
+                let b = Mat::rows(&v[xi * vs..], g.c_in, nt);
+                // SAFETY: plane ξ of `m` holds `no · nt` values.
+                unsafe { gemm_block(SendPtr(m[xi * ms..].as_mut_ptr()), nt, a, b, false) };
+            }
+            // SAFETY: this task alone writes the pixels of tiles `ts` in channels `os`.
+            unsafe { transform_output(g, (m, ms), &tiles, os, bias, relu, out) };
+        })
+    });
+}
+
+/// Where a tile's 4×4 input patch and 2×2 output block lie.
+#[derive(Clone, Copy)]
+struct Tile {
+    /// Image index.
+    img: usize,
+    /// Top-left input pixel of the patch (may lie in the padding).
+    y0: isize,
+    x0: isize,
+    /// Top-left output pixel.
+    oy: usize,
+    ox: usize,
+}
+
+/// The tiles `ts` (numbered image by image, row by row) of `g`.
+fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
+    let (th, tw, p) = (g.oh.div_ceil(2), g.ow.div_ceil(2), g.padding as isize);
+    ts.map(|t| {
+        let (img, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
+        Tile {
+            img,
+            y0: 2 * ty as isize - p,
+            x0: 2 * tx as isize - p,
+            oy: 2 * ty,
+            ox: 2 * tx,
+        }
+    })
+    .collect()
+}
+
+/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the 4×4 input patch `d` of channel `c` under each tile `t`
+/// (zero outside the image), into `v`: 16 row-major `(c_in, tiles.len())` planes, `plane`
+/// values apart.
+fn transform_input(g: &Geometry, x: &[f32], tiles: &[Tile], v: &mut [f32], plane: usize) {
+    let nt = tiles.len();
+    let (h, w) = (g.h as isize, g.w as isize);
+    // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+    let bt = |a: [f32; 4]| [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]];
+    for c in 0..g.c_in {
+        for (col, tile) in tiles.iter().enumerate() {
+            let src = &x[(tile.img * g.c_in + c) * g.h * g.w..][..g.h * g.w];
+            let (y0, x0) = (tile.y0, tile.x0);
+            let mut d = [[0f32; 4]; 4];
+            if y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w {
+                for (r, row) in d.iter_mut().enumerate() {
+                    let at = (y0 as usize + r) * g.w + x0 as usize;
+                    *row = src[at..at + 4].try_into().expect("4 values");
+                }
+            } else {
+                for (r, row) in d.iter_mut().enumerate() {
+                    let iy = y0 + r as isize;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    for (s, val) in row.iter_mut().enumerate() {
+                        let ix = x0 + s as isize;
+                        if ix >= 0 && ix < w {
+                            *val = src[iy as usize * g.w + ix as usize];
+                        }
+                    }
+                }
+            }
+            // Bᵀ on the columns of d, then on the rows of the result.
+            let cols = [0, 1, 2, 3].map(|s| bt([d[0][s], d[1][s], d[2][s], d[3][s]]));
+            for i in 0..4 {
+                let out = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+                for (j, val) in out.into_iter().enumerate() {
+                    v[(4 * i + j) * plane + c * nt + col] = val;
+                }
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` (+ bias, ReLU) for every tile of `tiles` and channel of `os`, from the products
+/// `m` (16 row-major `(os.len(), tiles.len())` planes, `m.1` values apart), written to the
+/// output pixels inside the image.
+///
+/// # Safety
+/// `out` points at the `(n, c_out, oh, ow)` output, and no other thread writes the pixels of
+/// these tiles and channels.
+unsafe fn transform_output(
+    g: &Geometry,
+    m: (&[f32], usize),
+    tiles: &[Tile],
+    os: std::ops::Range<usize>,
+    bias: &[f32],
+    relu: bool,
+    out: SendPtr,
+) {
+    let ((m, plane), nt) = (m, tiles.len());
+    // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
+    let at = |a: [f32; 4]| [a[0] + a[1] + a[2], a[1] - a[2] - a[3]];
+    for (row, o) in os.enumerate() {
+        for (col, tile) in tiles.iter().enumerate() {
+            let mv = |xi: usize| m[xi * plane + row * nt + col];
+            // Aᵀ on the columns of M (a 2×4 result), then on its rows.
+            let half = [0, 1, 2, 3].map(|j| at([mv(j), mv(4 + j), mv(8 + j), mv(12 + j)]));
+            let px = [0, 1].map(|r| at([half[0][r], half[1][r], half[2][r], half[3][r]]));
+            let base = (tile.img * g.c_out + o) * g.oh * g.ow + tile.oy * g.ow + tile.ox;
+            for (r, px) in px.into_iter().enumerate().take(g.oh - tile.oy) {
+                for (s, val) in px.into_iter().enumerate().take(g.ow - tile.ox) {
+                    let val = val + bias[o];
+                    *out.0.add(base + r * g.ow + s) = if relu { val.max(0.0) } else { val };
+                }
+            }
+        }
+    }
+}
