@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, use_cpu_op};
+use crate::cpu::{f32_slice, lane_sums, use_cpu_op};
 use crate::error::{Error, Result};
 
 /// 2-d batch normalisation over `(N, C, H, W)` inputs.
@@ -171,7 +171,8 @@ fn geometry(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     Ok((n, c, h * w))
 }
 
-/// Per-channel sums `(Σ a, Σ a·b)` over the planes of channel `ch` (f64 accumulation).
+/// Per-channel sums over the planes of channel `ch` (f64 accumulation across planes): without
+/// `b`, `(Σ (a - shift), Σ (a - shift)²)`; with `b`, `(Σ a, Σ a·(b - shift))`.
 fn channel_sums(
     a: &[f32],
     b: Option<&[f32]>,
@@ -183,30 +184,15 @@ fn channel_sums(
     for i in 0..n {
         let off = (i * c + ch) * hw;
         let pa = &a[off..off + hw];
-        match b {
-            None => {
-                // Σ (a - shift) and Σ (a - shift)².
-                let (mut t1, mut t2) = (0f32, 0f32);
-                for &v in pa {
-                    let d = v - shift;
-                    t1 += d;
-                    t2 += d * d;
-                }
-                s1 += f64::from(t1);
-                s2 += f64::from(t2);
-            }
-            Some(b) => {
-                // Σ a and Σ a·(b - shift).
-                let pb = &b[off..off + hw];
-                let (mut t1, mut t2) = (0f32, 0f32);
-                for (&u, &v) in pa.iter().zip(pb) {
-                    t1 += u;
-                    t2 += u * (v - shift);
-                }
-                s1 += f64::from(t1);
-                s2 += f64::from(t2);
-            }
-        }
+        let (t1, t2) = match b {
+            None => lane_sums(pa, pa, |u, _| {
+                let d = u - shift;
+                (d, d * d)
+            }),
+            Some(b) => lane_sums(pa, &b[off..off + hw], |u, v| (u, u * (v - shift))),
+        };
+        s1 += f64::from(t1);
+        s2 += f64::from(t2);
     }
     (s1, s2)
 }

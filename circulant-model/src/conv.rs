@@ -13,7 +13,9 @@ use std::ops::Range;
 
 mod winograd;
 
-use crate::cpu::{f32_slice, gemm_block, matmul, use_cpu_op, with_scratch, Mat, SendPtr};
+use crate::cpu::{
+    f32_slice, gemm_block, lane_sums, matmul, use_cpu_op, with_scratch, Mat, SendPtr,
+};
 use crate::error::{Error, Result};
 
 /// A 2-d convolution without groups or dilation: weight `(c_out, c_in, k, k)`, bias `(c_out)`.
@@ -362,7 +364,7 @@ impl CustomOp3 for Conv2dOp {
         let mut y = vec![0f32; g.n * g.out_len()];
         if winograd::applies(&g) {
             let u = winograd::filters(w, g.c_out, g.c_in);
-            winograd::forward(&g, x, &u, bias, self.relu, &mut y);
+            winograd::forward(&g, (x, None), &u, bias, self.relu, &mut y);
             return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
         }
         let (l, ckk, blocks) = (g.l(), g.ckk(), g.blocks());
@@ -471,9 +473,15 @@ impl CustomOp3 for Conv2dBackward {
         let dx_len = if self.input_grad { g.n * g.in_len() } else { 0 };
         let mut out = vec![0f32; wn + c_out + dx_len];
         let (dwb, dx) = out.split_at_mut(wn + c_out);
+        // The input gradient as a Winograd convolution of dy after the per-image tasks, or
+        // within them as `col2im(Wᵀ·dy)`.
+        let dx_winograd = self
+            .input_grad
+            .then(|| winograd::input_grad_geometry(&g))
+            .flatten();
         let weight_t = Mat::rows(w, c_out, ckk).t();
         let tasks = g.n.div_ceil(per_task);
-        let mut dx_chunks: Vec<Option<&mut [f32]>> = if self.input_grad {
+        let mut dx_chunks: Vec<Option<&mut [f32]>> = if self.input_grad && dx_winograd.is_none() {
             dx.chunks_mut(per_task * g.in_len()).map(Some).collect()
         } else {
             (0..tasks).map(|_| None).collect()
@@ -505,7 +513,7 @@ impl CustomOp3 for Conv2dBackward {
                     };
                     let (dw, db) = acc.split_at_mut(wn);
                     for (b, plane) in db.iter_mut().zip(gy.chunks(l)) {
-                        *b += plane.iter().sum::<f32>();
+                        *b += lane_sums(plane, plane, |v, _| (v, 0.0)).0;
                     }
                     let gy = Mat::rows(gy, c_out, l);
                     with_scratch(ckk * l, |cols| {
@@ -524,6 +532,11 @@ impl CustomOp3 for Conv2dBackward {
             for (a, v) in dwb.iter_mut().zip(p) {
                 *a += v;
             }
+        }
+        if let Some(t) = dx_winograd {
+            let u = winograd::filters(&winograd::flipped(w, c_out, g.c_in), g.c_in, c_out);
+            let zero_bias = vec![0f32; g.c_in];
+            winograd::forward(&t, (dy, relu_y), &u, &zero_bias, false, dx);
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), len.into()))
@@ -740,10 +753,13 @@ mod tests {
             (1, 4, 6, 8, 8, 5, 4, 3),
             (7, 1, 2, 4, 4, 1, 0, 1),
             // 3×3, stride 1, c_in >= 16, >= 512 tiles of 2×2 outputs: the Winograd forward, on
-            // odd and even sizes with paddings 0-2.
+            // odd and even sizes with paddings 0-2; with c_out >= 16 too, the input gradient
+            // as a Winograd convolution of dy.
             (2, 16, 5, 32, 31, 3, 1, 1),
             (1, 17, 40, 49, 47, 3, 0, 1),
             (3, 16, 4, 33, 34, 3, 2, 1),
+            (2, 16, 16, 32, 32, 3, 1, 1),
+            (3, 5, 18, 30, 29, 3, 2, 1),
         ] {
             check_against_reference(&mut rng, case);
         }

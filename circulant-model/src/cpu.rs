@@ -178,6 +178,34 @@ pub(crate) unsafe fn gemm_block(dst: SendPtr, dst_rs: usize, a: Mat, b: Mat, acc
     )
 }
 
+/// Lanes of [`lane_sums`].
+const LANES: usize = 8;
+
+/// `(Σ f(a, b).0, Σ f(a, b).1)` over pairs of values of `a` and `b` (as long as `a`), in
+/// [`LANES`] running sums per total: the compiler vectorises it, where one running sum (as
+/// `Iterator::sum` keeps) is a chain of dependent additions (the batch norm statistics and the
+/// conv bias gradient took 10-20% of a cifar-cnn training step that way).
+#[inline(always)]
+pub(crate) fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+    let (mut t1, mut t2) = ([0f32; LANES], [0f32; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (ca, cb) in ca.zip(cb) {
+        for k in 0..LANES {
+            let (x, y) = f(ca[k], cb[k]);
+            t1[k] += x;
+            t2[k] += y;
+        }
+    }
+    let (mut s1, mut s2) = (t1.iter().sum::<f32>(), t2.iter().sum::<f32>());
+    for (&u, &v) in ra.iter().zip(rb) {
+        let (x, y) = f(u, v);
+        s1 += x;
+        s2 += y;
+    }
+    (s1, s2)
+}
+
 /// Runs `f` on a scratch buffer of `len` values owned by the calling thread and reused across
 /// calls: no allocation and no zero-fill in the hot path (an AlexNet batch-1 inference spent 5%
 /// of its time zeroing fresh im2col buffers that are then overwritten). The contents are

@@ -47,6 +47,43 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2) >= MIN_TILES
 }
 
+/// The input gradient of the convolution `g` as a convolution of its output gradient, when that
+/// runs as Winograd: `dx[c, iy, ix] = Σ_o Σ_ky,kx w[o, c, 2-ky, 2-kx] · dy[o, iy+ky-p', ix+kx-p']`
+/// with `p' = 2 - p`, a 3×3, stride-1 convolution of `dy` `(n, c_out, oh, ow)` into `(n, c_in,
+/// h, w)` with the weight [`flipped`] gives.
+pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
+    if g.k != 3 || g.stride != 1 || g.padding > 2 {
+        return None;
+    }
+    let t = Geometry {
+        n: g.n,
+        c_in: g.c_out,
+        h: g.oh,
+        w: g.ow,
+        c_out: g.c_in,
+        k: 3,
+        padding: 2 - g.padding,
+        stride: 1,
+        oh: g.h,
+        ow: g.w,
+    };
+    applies(&t).then_some(t)
+}
+
+/// The weight of [`input_grad_geometry`]'s convolution: `w'[c, o] = rot180(w[o, c])`, shaped
+/// `(c_in, c_out, 3, 3)`.
+pub(super) fn flipped(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for (oc, k) in w.chunks_exact(9).enumerate() {
+        let (o, c) = (oc / c_in, oc % c_in);
+        let dst = &mut out[(c * c_out + o) * 9..][..9];
+        for (d, v) in dst.iter_mut().zip(k.iter().rev()) {
+            *d = *v;
+        }
+    }
+    out
+}
+
 /// The transformed filters `U[ξ] = G g Gᵀ` of a `(c_out, c_in, 3, 3)` weight: 16 row-major
 /// `(c_out, c_in)` planes, plane `ξ = 4·i + j` holding entry `(i, j)` of every 4×4 `U`.
 pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
@@ -69,8 +106,16 @@ pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 }
 
 /// `relu?(conv2d(x, w) + bias)` into `y` (`(n, c_out, oh, ow)`, every value written), with
-/// `u = filters(w)`.
-pub(super) fn forward(g: &Geometry, x: &[f32], u: &[f32], bias: &[f32], relu: bool, y: &mut [f32]) {
+/// `u = filters(w)`; with a `mask` (shaped as `x`), `x` is read as 0 where the mask is not
+/// positive (the backward pass of a fused ReLU).
+pub(super) fn forward(
+    g: &Geometry,
+    (x, mask): (&[f32], Option<&[f32]>),
+    u: &[f32],
+    bias: &[f32],
+    relu: bool,
+    y: &mut [f32],
+) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     let tiles = g.n * th * tw;
     let threads = rayon::current_num_threads().max(1);
@@ -100,7 +145,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], u: &[f32], bias: &[f32], relu: bo
         with_scratch(16 * (vs + ms), |buf| {
             let (v, m) = buf.split_at_mut(16 * vs);
             let tiles = tile_list(g, ts);
-            transform_input(g, x, &tiles, v, vs);
+            transform_input(g, (x, mask), &tiles, v, vs);
             let plane = g.c_out * g.c_in;
             for xi in 0..16 {
                 let a = Mat::rows(&u[xi * plane + os.start * g.c_in..], no, g.c_in);
@@ -144,16 +189,23 @@ fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
 }
 
 /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the 4×4 input patch `d` of channel `c` under each tile `t`
-/// (zero outside the image), into `v`: 16 row-major `(c_in, tiles.len())` planes, `plane`
-/// values apart.
-fn transform_input(g: &Geometry, x: &[f32], tiles: &[Tile], v: &mut [f32], plane: usize) {
+/// (zero outside the image, and where a `mask` is given and not positive), into `v`: 16
+/// row-major `(c_in, tiles.len())` planes, `plane` values apart.
+fn transform_input(
+    g: &Geometry,
+    (x, mask): (&[f32], Option<&[f32]>),
+    tiles: &[Tile],
+    v: &mut [f32],
+    plane: usize,
+) {
     let nt = tiles.len();
     let (h, w) = (g.h as isize, g.w as isize);
     // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
     let bt = |a: [f32; 4]| [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]];
     for c in 0..g.c_in {
         for (col, tile) in tiles.iter().enumerate() {
-            let src = &x[(tile.img * g.c_in + c) * g.h * g.w..][..g.h * g.w];
+            let start = (tile.img * g.c_in + c) * g.h * g.w;
+            let src = &x[start..][..g.h * g.w];
             let (y0, x0) = (tile.y0, tile.x0);
             let mut d = [[0f32; 4]; 4];
             if y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w {
@@ -171,6 +223,18 @@ fn transform_input(g: &Geometry, x: &[f32], tiles: &[Tile], v: &mut [f32], plane
                         let ix = x0 + s as isize;
                         if ix >= 0 && ix < w {
                             *val = src[iy as usize * g.w + ix as usize];
+                        }
+                    }
+                }
+            }
+            if let Some(mask) = mask {
+                let mask = &mask[start..][..g.h * g.w];
+                for (r, row) in d.iter_mut().enumerate() {
+                    for (s, val) in row.iter_mut().enumerate() {
+                        let (iy, ix) = (y0 + r as isize, x0 + s as isize);
+                        let inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                        if inside && mask[iy as usize * g.w + ix as usize] <= 0.0 {
+                            *val = 0.0;
                         }
                     }
                 }
