@@ -617,37 +617,44 @@ def t_nets(ctx: Ctx) -> str:
     return "\n\n".join(blocks)
 
 
-ALEXNET_CONVS = "docs/bench/alexnet-conv-layers-2026-11-30-cpu.txt"
+CONV_LAYERS = "docs/bench/conv-layers-2026-11-30-cpu.txt"
 
 
-def t_alexnet_convs(ctx: Ctx) -> str:
-    """Per-layer AlexNet conv times, ours vs PyTorch: the best of the file's runs per layer."""
-    text = read(ALEXNET_CONVS)
-    best: dict[tuple[int, str, str], float] = {}
-    batch = who = None
+def t_conv_layers(ctx: Ctx) -> str:
+    """Per-layer conv times, ours vs PyTorch: the best of the file's runs per layer."""
+    text = read(CONV_LAYERS)
+    best: dict[tuple[str, int, str, str], float] = {}
+    case = None
     for line in text.splitlines():
-        m = re.match(r"^## batch (\d+), run \d+: (ours|PyTorch)", line)
+        m = re.match(r"^## (\w+) batch (\d+), run \d+: (ours|PyTorch)", line)
         if m:
-            batch, who = int(m[1]), m[2]
+            case = (m[1], int(m[2]), m[3])
             continue
         m = re.match(r"^(conv\d|pool1)(?: b\d+)? ([0-9.]+) ms$", line)
-        if m and who:
-            key = (batch, m[1], who)
+        if m and case:
+            key = (case[0], case[1], m[1], case[2])
             best[key] = min(best.get(key, float("inf")), float(m[2]))
     if not best:
-        raise DataError(f"{ALEXNET_CONVS}: no timings")
+        raise DataError(f"{CONV_LAYERS}: no timings")
     header = next(l for l in text.splitlines() if l.startswith("# 20"))[2:]
     rows = []
-    for b in sorted({k[0] for k in best}):
+    for net, b in sorted({(k[0], k[1]) for k in best}):
+        sums = [0.0, 0.0]
         for layer in ["conv1", "conv2", "conv3", "conv4", "conv5", "pool1"]:
-            ours, torch = best.get((b, layer, "ours")), best.get((b, layer, "PyTorch"))
+            ours, torch = best.get((net, b, layer, "ours")), best.get((net, b, layer, "PyTorch"))
+            if ours is None and torch is None and layer == "pool1":
+                continue
             if ours is None or torch is None:
-                raise DataError(f"{ALEXNET_CONVS}: {layer} batch {b} lacks a side")
-            rows.append([str(b), layer, f"{ours:.2f}", f"{torch:.2f}", f"{torch / ours:.2f}×"])
-    return (f"{header} ([{os.path.basename(ALEXNET_CONVS)}]({ctx.link(ALEXNET_CONVS)}); "
+                raise DataError(f"{CONV_LAYERS}: {net} {layer} batch {b} lacks a side")
+            sums[0] += ours
+            sums[1] += torch
+            rows.append([net, str(b), layer, f"{ours:.2f}", f"{torch:.2f}", f"{torch / ours:.2f}×"])
+        rows.append([net, str(b), "**all**", f"**{sums[0]:.1f}**", f"**{sums[1]:.1f}**",
+                     f"**{sums[1] / sums[0]:.2f}×**"])
+    return (f"{header} ([{os.path.basename(CONV_LAYERS)}]({ctx.link(CONV_LAYERS)}); "
             "the faster of two runs per layer)\n\n"
-            + md_table(["batch", "layer", "ours ms", "PyTorch ms", "PyTorch / ours"], rows,
-                       "|---:|---|---:|---:|---:|"))
+            + md_table(["network", "batch", "layer", "ours ms", "PyTorch ms", "PyTorch / ours"],
+                       rows, "|---|---:|---|---:|---:|---:|"))
 
 
 OWN_TABLE = ("mnist", "fashion-mnist", "cifar10")
@@ -657,7 +664,7 @@ TABLES = {
     "readme-results": (t_readme_results, [f"{RUNS_DIR}/*/", "LEGACY_RUNS"]),
     "readme-speed": (t_readme_speed, [CPU_SERIAL, CPU_POOL, TORCH_CPU]),
     "nets": (t_nets, ["docs/bench/nets-*.json (newest per device)"]),
-    "bench-alexnet-convs": (t_alexnet_convs, [ALEXNET_CONVS]),
+    "bench-conv-layers": (t_conv_layers, [CONV_LAYERS]),
     "results-mnist": (t_results("mnist", (
         "No MNIST run is committed yet. `scripts/reproduce.sh quick` trains the dense and "
         "circulant heads for one epoch; a run committed as `docs/runs/mnist-mnist-cnn-<head>-…/` "
