@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! cargo build --release -p circulant-kernels --example op_loop
-//! perf stat -e page-faults target/release/examples/op_loop [ITERS] [--after-dense]
+//! perf stat -e page-faults target/release/examples/op_loop [ITERS] [--after-dense] [--dense]
 //! ```
 //! `--after-dense` first runs 5 fwd+bwd of candle's dense layer with a 4096 × 4096 weight in
-//! the same process (as `cargo bench -p circulant-kernels` does before this case).
+//! the same process (as `cargo bench -p circulant-kernels` does before this case). `--dense`
+//! times that dense layer (candle `Linear`, batch 128) in place of the circulant op, for the
+//! same figure in a process of its own.
 
 use candle_core::{Device, Module, Tensor, Var};
 use std::time::Instant;
@@ -24,16 +26,32 @@ fn main() -> candle_core::Result<()> {
             dense.forward(x.as_tensor())?.backward()?;
         }
     }
+    let dense = std::env::args().any(|a| a == "--dense");
     let (x, r) = (rand(&[128, 4096])?, rand(&[4096])?);
+    let w = if dense {
+        Some(rand(&[4096, 4096])?)
+    } else {
+        None
+    };
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let t = Instant::now();
-        circulant_kernels::circulant(x.as_tensor(), r.as_tensor())?.backward()?;
+        match &w {
+            Some(w) => candle_nn::Linear::new(w.as_tensor().clone(), None)
+                .forward(x.as_tensor())?
+                .backward()?,
+            None => circulant_kernels::circulant(x.as_tensor(), r.as_tensor())?.backward()?,
+        };
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "circulant d=4096 batch=128 fwd+bwd: median {:.3} ms over {} calls",
+        "{} d=4096 batch=128 fwd+bwd: median {:.3} ms over {} calls",
+        if dense {
+            "dense (candle Linear)"
+        } else {
+            "circulant"
+        },
         times[times.len() / 2],
         times.len()
     );

@@ -107,21 +107,28 @@ fn one_trainer_writes_a_run_directory_at_a_time() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let wait_for = |name: &str| {
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
         let t0 = Instant::now();
-        while !out.join(name).exists() {
+        while !done() {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "no {name} after 60 s"
+                "no {what} after 60 s"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
     };
     let busy = format!("another trainer (pid {}) is writing", first.id());
-    // Before its first checkpoint, and after it: a second run and a resume are refused.
-    wait_for(".trainer.lock");
+    // Before its first checkpoint, and after it: a second run and a resume are refused. The
+    // lock is held once the file names the first run's pid (the file itself appears just
+    // before the lock is taken).
+    let lock = out.join(".trainer.lock");
+    wait_until("locked .trainer.lock", &|| {
+        std::fs::read_to_string(&lock).is_ok_and(|pid| pid == first.id().to_string())
+    });
     fails(&strs(&long), &busy);
-    wait_for("train_state.safetensors");
+    wait_until("train_state.safetensors", &|| {
+        out.join("train_state.safetensors").exists()
+    });
     fails(&strs(&long), &busy);
     fails(&["train", "--resume", s(&out), "--no-progress"], &busy);
     assert_eq!(
