@@ -546,7 +546,7 @@ impl CustomOp3 for Conv2dBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{host, random_var};
+    use crate::test_util::{host, random_var, weighted_grads};
     use candle_core::Device;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -575,18 +575,8 @@ mod tests {
                 .unwrap();
             assert_eq!(y.dims(), y_ref.dims());
             let g = random_var(&mut rng, y.dims());
-            let grads = (&y * g.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let grads_ref = (&y_ref * g.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = weighted_grads(&y, g.as_tensor());
+            let grads_ref = weighted_grads(&y_ref, g.as_tensor());
             let case = format!("c_in {c_in} c_out {c_out} {h}x{w} k{k} p{p} s{s}");
             for (what, a, b) in [
                 ("y", host(&y), host(&y_ref)),
@@ -707,12 +697,7 @@ mod tests {
             .forward(&x)
             .unwrap();
         let gy = random_var(rng, y.dims());
-        let grads = (&y * gy.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_grads(&y, gy.as_tensor());
         let (ry, rdx, rdw, rdb) = reference(
             &host(&x),
             (n, c_in, h, w),
@@ -794,12 +779,7 @@ mod tests {
             let separate = conv.forward(&x).unwrap().relu().unwrap();
             let gy = random_var(&mut rng, fused.dims());
             let grads = |y: &Tensor| {
-                let g = (y * gy.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let g = weighted_grads(y, gy.as_tensor());
                 [&x, &wt, &b].map(|v| host(g.get(v).unwrap()))
             };
             assert_eq!(host(&fused), host(&separate));

@@ -182,7 +182,7 @@ impl CustomOp3 for DenseBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{host, random_var};
+    use crate::test_util::{host, random_var, weighted_grads};
 
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -199,12 +199,7 @@ mod tests {
                 let b = random_var(&mut rng, &[k]);
                 let y = dense_forward(&x, &w, &b, relu).unwrap();
                 let gy = random_var(&mut rng, &[n, k]);
-                let grads = (&y * gy.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let grads = weighted_grads(&y, gy.as_tensor());
                 let (xs, ws, bs, gs) = (host(&x), host(&w), host(&b), host(&gy));
                 let mut ry = vec![0f64; n * k];
                 let (mut rdx, mut rdw, mut rdb) =

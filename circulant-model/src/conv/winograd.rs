@@ -127,10 +127,10 @@ pub(super) fn forward(
         threads.min(g.c_out.div_ceil(16)).max(1)
     };
     let per_group = g.c_out.div_ceil(groups);
-    let (per_block, blocks) = if groups > 1 {
-        (tiles.div_ceil(blocks), blocks)
+    let per_block = if groups > 1 {
+        tiles.div_ceil(blocks)
     } else {
-        (TILES, blocks)
+        TILES
     };
     let out = SendPtr(y.as_mut_ptr());
     (0..blocks * groups).into_par_iter().for_each(|task| {
