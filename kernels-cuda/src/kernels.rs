@@ -99,7 +99,8 @@ pub(crate) fn contract<T: FftFloat>(
     Ok(out)
 }
 
-fn elementwise_config(len: usize) -> LaunchConfig {
+/// `THREADS`-wide blocks over `len` elements for a grid-stride kernel (at most `MAX_BLOCKS`).
+pub(crate) fn elementwise_config(len: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (len.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),

@@ -1,11 +1,15 @@
 //! GPU path of the circulant projection: batched real FFTs with cuFFT (through cudarc) on
 //! candle's CUDA stream, and small CUDA kernels (compiled to PTX at build time) for the
-//! per-frequency contractions of the forward pass and of both gradients.
+//! per-frequency contractions of the forward pass and of both gradients. Also the kernels of
+//! the other training layers that would otherwise be many candle ops: max pooling, train-mode
+//! batch norm and the optimizers' in-place updates.
 //!
 //! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) is behind the `cuda`
 //! feature; without it the crate builds with no CUDA toolkit. cuFFT plans are created once per
 //! (device, thread, length, batch) and cached.
 
+#[cfg(feature = "cuda")]
+mod batch_norm;
 #[cfg(feature = "cuda")]
 mod circulant;
 mod dims;
@@ -14,14 +18,24 @@ mod dtype;
 #[cfg(feature = "cuda")]
 mod kernels;
 #[cfg(feature = "cuda")]
+mod max_pool;
+#[cfg(feature = "cuda")]
+mod optim;
+#[cfg(feature = "cuda")]
 mod plan;
 #[cfg(feature = "cuda")]
 mod pool;
 
 #[cfg(feature = "cuda")]
+pub use batch_norm::{batch_norm_backward, batch_norm_forward, batch_norm_stats, BnDims};
+#[cfg(feature = "cuda")]
 pub use circulant::{backward, forward, forward_keep, Spectra};
 pub use dims::Dims;
 #[cfg(feature = "cuda")]
 pub use dtype::FftFloat;
+#[cfg(feature = "cuda")]
+pub use max_pool::{max_pool_backward, max_pool_forward, PoolDims};
+#[cfg(feature = "cuda")]
+pub use optim::{update_in_place, SgdRule, Update};
 #[cfg(feature = "cuda")]
 pub use pool::keep_freed_memory;
