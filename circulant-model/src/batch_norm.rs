@@ -2,13 +2,17 @@
 //!
 //! In train mode on CPU the normalisation runs as one fused custom op (forward and backward are
 //! single passes over per-channel planes); candle's broadcast ops would reduce the gradients of
-//! the per-channel operands with a slow strided reduction.
+//! the per-channel operands with a slow strided reduction. On f32 CUDA tensors (feature `cuda`)
+//! kernels-cuda's kernels do the same with the statistics kept on the device (no host read).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::cpu::{f32_slice, lane_sums, use_cpu_op};
 use crate::error::{Error, Result};
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// 2-d batch normalisation over `(N, C, H, W)` inputs.
 ///
@@ -131,6 +135,8 @@ impl BatchNorm2d {
                 op,
             )?;
             (y, stats.get(0)?, stats.get(1)?)
+        } else if let Some(out) = self.train_device(x)? {
+            out
         } else {
             self.train_tensor_ops(x)?
         };
@@ -142,6 +148,22 @@ impl BatchNorm2d {
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
         Ok(y)
+    }
+
+    /// Train-mode normalisation through the GPU kernels for f32 CUDA tensors:
+    /// `(y, batch mean, biased var)`, all on the device; `None` for other tensors.
+    #[cfg(feature = "cuda")]
+    fn train_device(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        if !crate::cuda::use_cuda_op(x) {
+            return Ok(None);
+        }
+        cuda::train(x, &self.weight, &self.bias, self.eps).map(Some)
+    }
+
+    /// Without the `cuda` feature there are no GPU kernels.
+    #[cfg(not(feature = "cuda"))]
+    fn train_device(&self, _x: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        Ok(None)
     }
 
     /// Train-mode normalisation from candle ops (any device): `(y, batch mean, biased var)`.
@@ -221,6 +243,15 @@ impl CustomOp1 for BnStats {
             })
             .unzip();
         Ok((CpuStorage::F32([mean, var].concat()), (2, c).into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::stats(s, l)
     }
 }
 

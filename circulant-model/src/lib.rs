@@ -16,6 +16,7 @@ mod classifier;
 pub mod config;
 pub mod conv;
 mod cpu;
+mod cuda;
 mod dense_op;
 pub mod dropout;
 pub mod error;

@@ -1,13 +1,19 @@
 //! Max pooling with a correct backward pass.
 //!
 //! candle's `max_pool2d` has no backward for overlapping windows (AlexNet's 3/2) and scales the
-//! gradient by `1/k²` otherwise, so it is not used.
+//! gradient by `1/k²` otherwise, so it is not used. The custom op runs on f32 CPU tensors and,
+//! with the `cuda` feature, f32 CUDA tensors (kernels-cuda's max pool kernels, one launch per
+//! pass); other tensors use candle ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{f32_slice, use_cpu_op};
+use crate::cuda::use_cuda_op;
 use crate::error::{Error, Result};
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// Max pooling of `(N, C, H, W)` with a `k x k` window and stride `stride` (no padding, output
 /// size rounded down, as PyTorch's `MaxPool2d(k, stride)`). The gradient goes to the first
@@ -16,15 +22,15 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     pool(x, k, stride, false)
 }
 
-/// `relu(max_pool2d(x))`, which equals `max_pool2d(relu(x))`, in one pass on the CPU (the
-/// gradient reaches a window's first maximum only where the output is positive).
+/// `relu(max_pool2d(x))`, which equals `max_pool2d(relu(x))`, in one pass on the CPU and the
+/// GPU (the gradient reaches a window's first maximum only where the output is positive).
 pub fn max_pool2d_relu(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     pool(x, k, stride, true)
 }
 
 fn pool(x: &Tensor, k: usize, stride: usize, relu: bool) -> Result<Tensor> {
     check(x, k, stride)?;
-    if use_cpu_op(x) {
+    if use_cpu_op(x) || use_cuda_op(x) {
         Ok(x.contiguous()?.apply_op1(MaxPool { k, stride, relu })?)
     } else if relu {
         Ok(max_pool2d_tensor_ops(x, k, stride)?.relu()?)
@@ -158,6 +164,15 @@ impl CustomOp1 for MaxPool {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(s, l, self.k, self.stride, self.relu)
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -218,6 +233,17 @@ impl CustomOp2 for MaxPoolBwd {
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::backward((s1, l1), (s2, l2), self.k, self.stride, self.relu)
     }
 }
 
