@@ -36,8 +36,8 @@ impl AdamW {
         })
     }
 
-    /// One update; `fused` allows the one-pass CPU ops (tests turn them off to check the
-    /// tensor-op form, which other devices run).
+    /// One update; `fused` allows the one-pass ops of CPU and (feature `cuda`) CUDA tensors
+    /// (tests turn them off to check the tensor-op form, which other devices run).
     fn update(&mut self, grads: &GradStore, lr: f64, fused: bool) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;

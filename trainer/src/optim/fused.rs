@@ -1,21 +1,26 @@
-//! One-pass CPU updates for the optimizers.
+//! One-pass updates for the optimizers.
 //!
 //! Written with tensor ops, an AdamW update is about fourteen passes over each parameter, each
 //! allocating a new tensor; these in-place ops do it in three passes (first moment, second
-//! moment, weight) and SGD in one or two, without allocating. f32 and f64 tensors on the CPU;
-//! other devices use the tensor-op form.
+//! moment, weight) and SGD in one or two, without allocating. f32 and f64 tensors on the CPU
+//! and, with the `cuda` feature, on CUDA devices (one kernels-cuda launch per tensor and op,
+//! rounding as the CPU does); other devices and dtypes use the tensor-op form.
 
 use std::ops::{Add, Div, Mul, Sub};
 
 use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// Elements per rayon task: large enough that small tensors stay on one thread.
 const CHUNK: usize = 1 << 15;
 
 /// Whether `t` can be updated by these ops.
 pub fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    let device = t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda());
+    device && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
 /// The floating-point types the ops run on.
@@ -119,9 +124,10 @@ fn for_chunks<T: Real, const N: usize>(
     Ok(())
 }
 
-/// Implements candle's `InplaceOp2` (one source) or `InplaceOp3` (two) on the CPU for a type
-/// with `fn run<T: Real>(&self, dst: &mut [T], srcs: [&[T]; N]) -> Result<()>`.
-macro_rules! cpu_inplace_op {
+/// Implements candle's `InplaceOp2` (one source) or `InplaceOp3` (two) for a type with
+/// `fn run<T: Real>(&self, dst: &mut [T], srcs: [&[T]; N]) -> Result<()>` (the CPU) and, with
+/// the `cuda` feature, `fn device_update(&self) -> kernels_cuda::Update` (CUDA).
+macro_rules! inplace_op {
     ($ty:ty, InplaceOp2, $name:literal) => {
         impl InplaceOp2 for $ty {
             fn name(&self) -> &'static str {
@@ -139,6 +145,17 @@ macro_rules! cpu_inplace_op {
                     Operands::F32(d, s) => self.run(d, s),
                     Operands::F64(d, s) => self.run(d, s),
                 }
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                dst: &mut candle_core::CudaStorage,
+                dst_l: &Layout,
+                s1: &candle_core::CudaStorage,
+                l1: &Layout,
+            ) -> Result<()> {
+                cuda::update($name, self.device_update(), dst, dst_l, &[(s1, l1)])
             }
         }
     };
@@ -161,6 +178,26 @@ macro_rules! cpu_inplace_op {
                     Operands::F32(d, s) => self.run(d, s),
                     Operands::F64(d, s) => self.run(d, s),
                 }
+            }
+
+            #[cfg(feature = "cuda")]
+            #[allow(clippy::too_many_arguments)]
+            fn cuda_fwd(
+                &self,
+                dst: &mut candle_core::CudaStorage,
+                dst_l: &Layout,
+                s1: &candle_core::CudaStorage,
+                l1: &Layout,
+                s2: &candle_core::CudaStorage,
+                l2: &Layout,
+            ) -> Result<()> {
+                cuda::update(
+                    $name,
+                    self.device_update(),
+                    dst,
+                    dst_l,
+                    &[(s1, l1), (s2, l2)],
+                )
             }
         }
     };
@@ -185,7 +222,18 @@ impl Moment {
     }
 }
 
-cpu_inplace_op!(Moment, InplaceOp2, "optimizer-moment");
+#[cfg(feature = "cuda")]
+impl Moment {
+    fn device_update(&self) -> kernels_cuda::Update {
+        kernels_cuda::Update::Ema {
+            a: self.decay,
+            b: 1.0 - self.decay,
+            square: self.square,
+        }
+    }
+}
+
+inplace_op!(Moment, InplaceOp2, "optimizer-moment");
 
 /// AdamW's weight update from its moments `m`, `v`:
 /// `w = w·(1 - lr·wd) - lr·(m / c1) / (sqrt(v / c2) + eps)`, with the bias corrections
@@ -215,7 +263,20 @@ impl AdamWUpdate {
     }
 }
 
-cpu_inplace_op!(AdamWUpdate, InplaceOp3, "adamw-update");
+#[cfg(feature = "cuda")]
+impl AdamWUpdate {
+    fn device_update(&self) -> kernels_cuda::Update {
+        kernels_cuda::Update::AdamW {
+            decay: 1.0 - self.lr * self.weight_decay,
+            lr: self.lr,
+            c1: self.c1,
+            c2: self.c2,
+            eps: self.eps,
+        }
+    }
+}
+
+inplace_op!(AdamWUpdate, InplaceOp3, "adamw-update");
 
 /// SGD's momentum buffer: `buf = momentum·buf + (g + wd·w)`.
 pub struct SgdBuffer {
@@ -234,7 +295,17 @@ impl SgdBuffer {
     }
 }
 
-cpu_inplace_op!(SgdBuffer, InplaceOp3, "sgd-buffer");
+#[cfg(feature = "cuda")]
+impl SgdBuffer {
+    fn device_update(&self) -> kernels_cuda::Update {
+        kernels_cuda::Update::SgdBuffer {
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+inplace_op!(SgdBuffer, InplaceOp3, "sgd-buffer");
 
 /// SGD's weight update: `w -= lr·d` with `d = buf` (momentum), `g' + momentum·buf` (Nesterov)
 /// or `g'` (no momentum; `buf` is then ignored), where `g' = g + wd·w`.
@@ -268,4 +339,23 @@ impl SgdUpdate {
     }
 }
 
-cpu_inplace_op!(SgdUpdate, InplaceOp3, "sgd-update");
+#[cfg(feature = "cuda")]
+impl SgdUpdate {
+    fn device_update(&self) -> kernels_cuda::Update {
+        use kernels_cuda::SgdRule;
+        kernels_cuda::Update::Sgd {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            rule: if self.momentum == 0.0 {
+                SgdRule::Plain
+            } else if self.nesterov {
+                SgdRule::Nesterov
+            } else {
+                SgdRule::Momentum
+            },
+        }
+    }
+}
+
+inplace_op!(SgdUpdate, InplaceOp3, "sgd-update");

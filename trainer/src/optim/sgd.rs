@@ -40,8 +40,8 @@ impl Sgd {
         })
     }
 
-    /// One update; `fused` allows the one-pass CPU ops (tests turn them off to check the
-    /// tensor-op form, which other devices run).
+    /// One update; `fused` allows the one-pass ops of CPU and (feature `cuda`) CUDA tensors
+    /// (tests turn them off to check the tensor-op form, which other devices run).
     fn update(&mut self, grads: &GradStore, lr: f64, fused: bool) -> Result<()> {
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else {
