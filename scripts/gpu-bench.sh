@@ -6,8 +6,10 @@
 #
 # OUT/bin.tar.xz holds stripped release binaries: bench_cuda (circulant vs cuBLAS dense
 # table), cuda_ops (circulant-kernels/tests/cuda.rs), cuda_kernels (kernels-cuda/tests/kernels.rs),
-# cuda_training (tests/tests/cuda_training.rs), trainer (built with --features nccl: CUDA and
-# data-parallel training), trainer_unit (the trainer's unit tests, with the NCCL all-reduce test)
+# cuda_training (tests/tests/cuda_training.rs), cuda_layers (tests/tests/cuda_layers.rs: max pool
+# and batch norm kernels vs the CPU ops), trainer (built with --features nccl: CUDA and
+# data-parallel training), trainer_unit (the trainer's unit tests, with the NCCL all-reduce test
+# and the fused optimizer kernels vs the CPU ops)
 # and nccl_training (trainer/tests/nccl.rs: 2 ranks vs 1, run with TRAINER_BIN=bin/trainer);
 # with cuDNN convolutions (`--features cudnn`): trainer_cudnn and cuda_training_cudnn.
 # They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
@@ -54,10 +56,12 @@ sys.exit("gpu-bench: cuda_training with cuDNN not built")
 
 # Test executables: cargo prints their paths as JSON artifacts.
 cargo test --release --features cuda -p kernels-cuda -p circulant-kernels -p circulant-tests \
-  --test cuda --test kernels --test cuda_training --no-run --message-format=json-render-diagnostics |
+  --test cuda --test kernels --test cuda_training --test cuda_layers --no-run \
+  --message-format=json-render-diagnostics |
   python3 -c '
 import json, shutil, sys
-names = {"cuda": "cuda_ops", "kernels": "cuda_kernels", "cuda_training": "cuda_training"}
+names = {"cuda": "cuda_ops", "kernels": "cuda_kernels", "cuda_training": "cuda_training",
+         "cuda_layers": "cuda_layers"}
 found = set()
 for line in sys.stdin:
     try:

@@ -63,8 +63,8 @@ if [[ ! -d $BIN && -z ${1:-} && -f $PACK ]]; then
 fi
 
 status=0
-for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn trainer_unit nccl_training \
-  bench_cuda trainer trainer_cudnn; do
+for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers trainer_unit \
+  nccl_training bench_cuda trainer trainer_cudnn; do
   if [[ ! -x $BIN/$b ]]; then
     echo "gpu-run: $BIN/$b missing: run scripts/gpu-bench.sh first and carry its folder" >&2
     exit 2
@@ -76,7 +76,7 @@ for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn trainer_unit nc
 done
 
 export CIRCULANT_REQUIRE_CUDA=1
-for t in cuda_ops cuda_kernels cuda_training cuda_training_cudnn; do
+for t in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers; do
   echo "== $t"
   timeout 300 "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
   if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then
@@ -84,6 +84,10 @@ for t in cuda_ops cuda_kernels cuda_training cuda_training_cudnn; do
     status=1
   fi
 done
+# The fused optimizer kernels (AdamW, SGD) against the CPU ops.
+echo "== trainer_unit optim::fused::cuda"
+timeout 120 "$BIN/trainer_unit" optim::fused::cuda --test-threads=1 --nocapture 2>&1 |
+  tee "$RESULTS/trainer_optim.log" || status=1
 # Data-parallel training: the 1-rank NCCL all-reduce, then 2 ranks vs 1 through bin/trainer
 # (two ranks on one GPU need NCCL >= 2.30; the test sets NCCL_MULTI_RANK_GPU_ENABLE=1).
 echo "== trainer_unit dist::nccl"
@@ -92,7 +96,7 @@ timeout 120 "$BIN/trainer_unit" dist::nccl --test-threads=1 --nocapture 2>&1 |
 echo "== nccl_training"
 TRAINER_BIN=$BIN/trainer timeout 300 "$BIN/nccl_training" --test-threads=1 --nocapture 2>&1 |
   tee "$RESULTS/nccl_training.log" || status=1
-for t in trainer_nccl nccl_training; do
+for t in trainer_optim trainer_nccl nccl_training; do
   if ! grep -q "test result: ok. [1-9]" "$RESULTS/$t.log"; then
     echo "gpu-run: $t ran no test or failed" >&2
     status=1

@@ -1,0 +1,192 @@
+//! The GPU kernels of the training layers (kernels-cuda's max pool and batch norm, reached
+//! through circulant-model's public layers on f32 CUDA tensors) against the CPU custom ops on
+//! the same inputs: values and gradients, on odd sizes.
+//! Skips, printing why, when no CUDA device is usable; fails instead when
+//! `CIRCULANT_REQUIRE_CUDA=1`.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor, Var};
+use circulant_kernels::testing::{assert_close, cuda_device};
+use circulant_model::{max_pool2d, max_pool2d_relu, BatchNorm2d};
+
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Deterministic pseudo-random values in [0, 1) (a small LCG: no RNG crate here).
+fn uniform(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// `(y, dx)` of a pool on `device`: `y` and the gradient of `sum(y · wts)`.
+fn pool_on(
+    device: &Device,
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    wts: &[f32],
+    (k, s, relu): (usize, usize, bool),
+) -> Result<(Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
+    let x = Var::from_vec(x.to_vec(), dims, device)?;
+    let y = if relu {
+        max_pool2d_relu(&x, k, s)?
+    } else {
+        max_pool2d(&x, k, s)?
+    };
+    let wts = Tensor::from_slice(wts, y.dims(), device)?;
+    let grads = (&y * &wts)?.sum_all()?.backward()?;
+    let dx = grads.get(x.as_tensor()).ok_or("no gradient for x")?;
+    Ok((host(&y)?, host(dx)?))
+}
+
+/// Max pool with and without the fused ReLU: overlapping 3/2 windows, non-overlapping 2/2 on
+/// odd sizes (trailing rows and columns in no window), stride 1 and 3/3, values of both signs
+/// with many ties (the first maximum of a window takes its gradient). The kernels add the
+/// same gradients in the same order as the CPU op, so values and gradients are equal.
+#[test]
+fn max_pool_matches_the_cpu_op() -> TestResult {
+    let Some(dev) = cuda_device() else {
+        return Ok(());
+    };
+    for (i, &(n, c, h, w, k, s)) in [
+        (2, 3, 13, 13, 3, 2),
+        (2, 3, 7, 9, 2, 2),
+        (1, 2, 8, 9, 3, 2),
+        (2, 1, 6, 5, 2, 1),
+        (3, 4, 9, 11, 3, 3),
+        (1, 1, 3, 3, 3, 2),
+        (8, 16, 55, 55, 3, 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let len = n * c * h * w;
+        // 8 levels in -4..=3: ties in most windows, and negative windows for the ReLU.
+        let x: Vec<f32> = uniform(len, i as u64)
+            .iter()
+            .map(|u| (u * 8.0).floor() - 4.0)
+            .collect();
+        let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+        let wts: Vec<f32> = uniform(n * c * oh * ow, 100 + i as u64)
+            .iter()
+            .map(|u| u - 0.5)
+            .collect();
+        for relu in [false, true] {
+            let case = format!("{n}x{c}x{h}x{w} k{k} s{s} relu {relu}");
+            let args = (k, s, relu);
+            let (y, dx) = pool_on(&dev, &x, (n, c, h, w), &wts, args)?;
+            let (y_cpu, dx_cpu) = pool_on(&Device::Cpu, &x, (n, c, h, w), &wts, args)?;
+            assert_eq!(y, y_cpu, "{case}: output");
+            assert_eq!(dx, dx_cpu, "{case}: gradient");
+        }
+    }
+    Ok(())
+}
+
+/// One train-mode step of a batch norm on `device`: the output, the running statistics after
+/// it and the gradients of `sum(y · wts)` with respect to the input, weight and bias.
+struct BnStep {
+    y: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    dx: Vec<f32>,
+    dweight: Vec<f32>,
+    dbias: Vec<f32>,
+}
+
+fn bn_step(
+    device: &Device,
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    (weight, bias): (&[f32], &[f32]),
+    wts: &[f32],
+) -> Result<BnStep, Box<dyn std::error::Error>> {
+    let c = dims.1;
+    let var = |v: &[f32]| Var::from_slice(v, v.len(), device);
+    let bn = BatchNorm2d::new(
+        var(weight)?,
+        var(bias)?,
+        var(&vec![0.0; c])?,
+        var(&vec![1.0; c])?,
+    )?;
+    let xv = Var::from_slice(x, dims, device)?;
+    let y = bn.forward(&xv, true)?;
+    let wts = Tensor::from_slice(wts, dims, device)?;
+    let grads = (&y * &wts)?.sum_all()?.backward()?;
+    let grad = |t: &Tensor| -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+        Ok(host(grads.get(t).ok_or("missing gradient")?)?)
+    };
+    Ok(BnStep {
+        y: host(&y)?,
+        running_mean: host(bn.running_mean())?,
+        running_var: host(bn.running_var())?,
+        dx: grad(xv.as_tensor())?,
+        dweight: grad(bn.weight().as_tensor())?,
+        dbias: grad(bn.bias().as_tensor())?,
+    })
+}
+
+/// Train-mode batch norm (statistics, normalisation, running statistics, gradients) on the GPU
+/// against the CPU ops: N·H·W from 2 to several reduction blocks per channel and never a
+/// multiple of the block sizes, values offset from 0 (the shifted variance) and a constant
+/// channel (variance 0).
+#[test]
+fn batch_norm_train_matches_the_cpu_op() -> TestResult {
+    let Some(dev) = cuda_device() else {
+        return Ok(());
+    };
+    for (i, &(n, c, h, w)) in [
+        (1, 2, 1, 2),
+        (2, 3, 1, 3),
+        (3, 5, 7, 9),
+        (16, 8, 33, 35),
+        (64, 4, 32, 33),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 10 * i as u64;
+        let hw = h * w;
+        let mut x: Vec<f32> = uniform(n * c * hw, seed)
+            .iter()
+            .map(|u| 4.0 * u - 2.0 + 5.0)
+            .collect();
+        for b in 0..n {
+            x[(b * c + 1) * hw..][..hw].fill(2.5);
+        }
+        let weight: Vec<f32> = uniform(c, seed + 1).iter().map(|u| u + 0.5).collect();
+        let bias: Vec<f32> = uniform(c, seed + 2).iter().map(|u| u - 0.5).collect();
+        let wts: Vec<f32> = uniform(x.len(), seed + 3).iter().map(|u| u - 0.5).collect();
+        let dims = (n, c, h, w);
+        let gpu = bn_step(&dev, &x, dims, (&weight, &bias), &wts)?;
+        let cpu = bn_step(&Device::Cpu, &x, dims, (&weight, &bias), &wts)?;
+        let case = |what: &str| format!("{n}x{c}x{h}x{w}: {what}");
+        for (what, got, want, tol) in [
+            ("y", &gpu.y, &cpu.y, 1e-4),
+            ("running mean", &gpu.running_mean, &cpu.running_mean, 1e-5),
+            ("running var", &gpu.running_var, &cpu.running_var, 1e-5),
+            ("dx", &gpu.dx, &cpu.dx, 1e-4),
+            ("dweight", &gpu.dweight, &cpu.dweight, 1e-4),
+            ("dbias", &gpu.dbias, &cpu.dbias, 1e-4),
+        ] {
+            assert_close(&case(what), &widen(got), &widen(want), tol);
+        }
+    }
+    Ok(())
+}
