@@ -26,6 +26,7 @@ use crate::parallel::{map_rows, map_rows2};
 use candle_core::Result;
 use kernels_cuda::Dims;
 use rustfft::num_complex::Complex;
+use std::mem::MaybeUninit;
 
 /// FFTs of the blocks of every pair of rows of `x: (n, q*b)`, as `x[2k] + i·x[2k+1]`:
 /// `ceil(n/2)` pairs of `q*b` values.
@@ -58,10 +59,11 @@ pub(crate) fn weight_spectra<T: Real>(r: &[T], d: Dims) -> Result<Vec<Complex<T>
 /// `x` (as [`spectra`] returns them, for the backward pass), in one pass over the rows.
 pub(crate) fn forward<T: Real>(x: &[T], rs: &[Complex<T>], d: Dims) -> Result<(Vec<T>, Buffer<T>)> {
     let (in_row, out_row, b) = (d.q * d.b, d.p * d.b, d.b);
-    let mut y = vec![T::zero(); d.n * out_row];
+    let mut y = Vec::with_capacity(d.n * out_row);
     let mut xs = Buffer::take(d.n.div_ceil(2) * in_row);
     let plans = Plans::<T>::new(b);
-    map_rows2(&mut y, 2 * out_row, &mut xs, in_row, |pairs, y, xs| {
+    let rows = y.spare_capacity_mut();
+    map_rows2(rows, 2 * out_row, &mut xs, in_row, |pairs, y, xs| {
         let mut ws = plans.workspace();
         let mut acc = vec![Complex::default(); out_row];
         let x = &x[2 * pairs.start * in_row..(2 * pairs.end * in_row).min(x.len())];
@@ -83,6 +85,8 @@ pub(crate) fn forward<T: Real>(x: &[T], rs: &[Complex<T>], d: Dims) -> Result<(V
         }
         Ok(())
     })?;
+    // SAFETY: `inverse` wrote every value of every row.
+    unsafe { y.set_len(d.n * out_row) };
     Ok((y, xs))
 }
 
@@ -96,9 +100,9 @@ pub(crate) fn backward<T: Real>(
 ) -> Result<Vec<T>> {
     let (p, q, b) = (d.p, d.q, d.b);
     let (in_row, out_row) = (q * b, p * b);
-    let mut out = vec![T::zero(); d.packed_grad_len()];
+    let mut out = Vec::with_capacity(d.packed_grad_len());
     let plans = Plans::<T>::new(b);
-    let (dx, dr) = out.split_at_mut(d.n * in_row);
+    let (dx, dr) = out.spare_capacity_mut().split_at_mut(d.n * in_row);
     let partials = map_rows(dx, 2 * in_row, |pairs, dx| {
         let mut ws = plans.workspace();
         let mut gs = vec![Complex::default(); out_row];
@@ -128,9 +132,7 @@ pub(crate) fn backward<T: Real>(
 
     // Sum the per-thread partial spectra in a fixed order, then one inverse FFT per block.
     let mut parts = partials.into_iter();
-    let Some(mut total) = parts.next() else {
-        return Ok(out);
-    };
+    let mut total = (parts.next()).unwrap_or_else(|| vec![Complex::default(); p * q * b]);
     for part in parts {
         total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
     }
@@ -147,10 +149,12 @@ pub(crate) fn backward<T: Real>(
             for ((a, s), mirror) in acc[1..nf].iter_mut().zip(&s[1..]).zip(s[1..].iter().rev()) {
                 *a = (s + mirror.conj()) * half;
             }
-            ws.irfft(&mut acc, dr)?;
+            ws.irfft_uninit(&mut acc, dr)?;
         }
         Ok(())
     })?;
+    // SAFETY: `inverse` wrote every value of dx, `irfft_uninit` every value of dr.
+    unsafe { out.set_len(d.packed_grad_len()) };
     Ok(out)
 }
 
@@ -183,14 +187,22 @@ fn blocks<T: Real>(v: &[Complex<T>], b: usize, len: usize) -> impl Iterator<Item
 /// The inverse of [`transform`] (unnormalised), clobbering `z`: real parts into the first row,
 /// imaginary parts into the second when `rows` holds two; for one row only the half spectrum
 /// of each block is read.
-fn inverse<T: Real>(ws: &mut Workspace<'_, T>, z: &mut [Complex<T>], rows: &mut [T]) -> Result<()> {
+fn inverse<T: Real>(
+    ws: &mut Workspace<'_, T>,
+    z: &mut [Complex<T>],
+    rows: &mut [MaybeUninit<T>],
+) -> Result<()> {
     let (first, second) = rows.split_at_mut(z.len());
     if second.is_empty() {
-        return ws.irfft(z, first);
+        return ws.irfft_uninit(z, first);
     }
     ws.ifft(z);
-    first.iter_mut().zip(z.iter()).for_each(|(v, z)| *v = z.re);
-    second.iter_mut().zip(z.iter()).for_each(|(v, z)| *v = z.im);
+    first.iter_mut().zip(z.iter()).for_each(|(v, z)| {
+        v.write(z.re);
+    });
+    second.iter_mut().zip(z.iter()).for_each(|(v, z)| {
+        v.write(z.im);
+    });
     Ok(())
 }
 

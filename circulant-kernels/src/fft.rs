@@ -90,7 +90,7 @@ pub(crate) struct Workspace<'a, T: Real> {
 impl<T: Real> Workspace<'_, T> {
     /// The transform length b.
     pub fn len(&self) -> usize {
-        self.real.len()
+        self.plans.fwd.len()
     }
 
     /// In-place forward FFT of every length-b block of `buf` (its length is a multiple of b).
@@ -110,7 +110,7 @@ impl<T: Real> Workspace<'_, T> {
     /// Half spectra of the real length-b blocks of `input`: the first b/2+1 values of each
     /// b-value block of `out` (the rest is left as it was).
     pub fn rfft_half(&mut self, input: &[T], out: &mut [Complex<T>]) -> Result<()> {
-        let b = self.real.len();
+        let b = self.len();
         for (block, spec) in input.chunks_exact(b).zip(out.chunks_exact_mut(b)) {
             self.real.copy_from_slice(block);
             self.plans
@@ -125,7 +125,7 @@ impl<T: Real> Workspace<'_, T> {
     /// `input`: [`Self::rfft_half`], then the mirror image `out[b-k] = conj(out[k])`.
     pub fn rfft(&mut self, input: &[T], out: &mut [Complex<T>]) -> Result<()> {
         self.rfft_half(input, out)?;
-        let b = self.real.len();
+        let b = self.len();
         for spec in out.chunks_exact_mut(b) {
             let (half, rest) = spec.split_at_mut(b / 2 + 1);
             // rest[m] = spec[b/2 + 1 + m] = conj(spec[b - b/2 - 1 - m]), taken from half[1..].
@@ -143,7 +143,7 @@ impl<T: Real> Workspace<'_, T> {
     /// Real length-b blocks of `out` from Hermitian full spectra in `spec` (unnormalised
     /// inverse; only the first b/2+1 values of each block are read, and they are clobbered).
     pub fn irfft(&mut self, spec: &mut [Complex<T>], out: &mut [T]) -> Result<()> {
-        let b = self.real.len();
+        let b = self.len();
         let nf = b / 2 + 1;
         for (spec, block) in spec.chunks_exact_mut(b).zip(out.chunks_exact_mut(b)) {
             // A real signal's DC and Nyquist terms are real; drop rounding residue.
@@ -157,6 +157,28 @@ impl<T: Real> Workspace<'_, T> {
                 .map_err(fft_error)?;
         }
         Ok(())
+    }
+
+    /// [`Self::irfft`] into memory not yet initialised: every value of `out` is written.
+    pub fn irfft_uninit(
+        &mut self,
+        spec: &mut [Complex<T>],
+        out: &mut [std::mem::MaybeUninit<T>],
+    ) -> Result<()> {
+        let b = self.len();
+        let mut block = std::mem::take(&mut self.real);
+        let mut run = || {
+            for (spec, out) in spec.chunks_exact_mut(b).zip(out.chunks_exact_mut(b)) {
+                self.irfft(spec, &mut block)?;
+                out.iter_mut().zip(&block).for_each(|(o, &v)| {
+                    o.write(v);
+                });
+            }
+            Ok(())
+        };
+        let done = run();
+        self.real = block;
+        done
     }
 }
 
