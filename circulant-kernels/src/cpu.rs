@@ -23,6 +23,7 @@
 use crate::buffers::Buffer;
 use crate::fft::{Plans, Real, Workspace};
 use crate::parallel::{map_rows, map_rows2};
+use crate::simd;
 use candle_core::Result;
 use kernels_cuda::Dims;
 use rustfft::num_complex::Complex;
@@ -72,20 +73,11 @@ pub(crate) fn forward<T: Real>(x: &[T], rs: &[Complex<T>], d: Dims) -> Result<(V
             .zip(xs.chunks_exact_mut(in_row))
             .zip(x.chunks(2 * in_row))
         {
-            let len = transform(&mut ws, x, zs)?;
-            for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(in_row)) {
-                contract(
-                    blocks(rs, b, len),
-                    blocks(zs, b, len),
-                    &mut acc[..len],
-                    false,
-                );
-            }
-            inverse(&mut ws, &mut acc, y)?;
+            forward_pair(&mut ws, rs, x, zs, &mut acc, y)?;
         }
         Ok(())
     })?;
-    // SAFETY: `inverse` wrote every value of every row.
+    // SAFETY: `forward_pair` wrote every value of every row (through `inverse`).
     unsafe { y.set_len(d.n * out_row) };
     Ok((y, xs))
 }
@@ -115,17 +107,7 @@ pub(crate) fn backward<T: Real>(
             .zip(xs.chunks_exact(in_row))
             .zip(g.chunks(2 * out_row))
         {
-            let len = transform(&mut ws, g, &mut gs)?;
-            for (j, acc) in acc.chunks_exact_mut(b).enumerate() {
-                let col = rs[j * b..].chunks(b).step_by(q).map(|w| &w[..len]);
-                contract(col, blocks(&gs, b, len), &mut acc[..len], true);
-            }
-            inverse(&mut ws, &mut acc, dx)?;
-            for (s_i, g_i) in sums.chunks_exact_mut(q * b).zip(gs.chunks_exact(b)) {
-                for (s_ij, z_j) in s_i.chunks_exact_mut(b).zip(zs.chunks_exact(b)) {
-                    add_cross(s_ij, z_j, g_i, len);
-                }
-            }
+            backward_pair(&mut ws, rs, g, zs, &mut gs, &mut acc, &mut sums, dx, q)?;
         }
         Ok(sums)
     })?;
@@ -153,14 +135,67 @@ pub(crate) fn backward<T: Real>(
         }
         Ok(())
     })?;
-    // SAFETY: `inverse` wrote every value of dx, `irfft_uninit` every value of dr.
+    // SAFETY: `backward_pair` wrote every value of dx, `irfft_uninit` every value of dr.
     unsafe { out.set_len(d.packed_grad_len()) };
     Ok(out)
+}
+
+simd::with_avx2! {
+    /// The forward pass of one pair of rows `x` (or a lone row): their spectra into `zs`, the
+    /// output rows into `y`.
+    fn forward_pair<T: Real>(
+        ws: &mut Workspace<'_, T>,
+        rs: &[Complex<T>],
+        x: &[T],
+        zs: &mut [Complex<T>],
+        acc: &mut [Complex<T>],
+        y: &mut [MaybeUninit<T>],
+    ) -> Result<()> {
+        let (b, in_row) = (ws.len(), zs.len());
+        let len = transform(ws, x, zs)?;
+        for (acc, rs) in acc.chunks_exact_mut(b).zip(rs.chunks_exact(in_row)) {
+            contract(blocks(rs, b, len), blocks(zs, b, len), &mut acc[..len], false);
+        }
+        inverse(ws, acc, y)
+    }
+}
+
+simd::with_avx2! {
+    /// The backward pass of one pair of rows with upstream gradient `g` and input spectra `zs`:
+    /// their input gradient into `dx`, their part of the weight gradient's spectrum added to
+    /// `sums`. `gs` and `acc` are scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_pair<T: Real>(
+        ws: &mut Workspace<'_, T>,
+        rs: &[Complex<T>],
+        g: &[T],
+        zs: &[Complex<T>],
+        gs: &mut [Complex<T>],
+        acc: &mut [Complex<T>],
+        sums: &mut [Complex<T>],
+        dx: &mut [MaybeUninit<T>],
+        q: usize,
+    ) -> Result<()> {
+        let b = ws.len();
+        let len = transform(ws, g, gs)?;
+        for (j, acc) in acc.chunks_exact_mut(b).enumerate() {
+            let col = rs[j * b..].chunks(b).step_by(q).map(|w| &w[..len]);
+            contract(col, blocks(gs, b, len), &mut acc[..len], true);
+        }
+        inverse(ws, acc, dx)?;
+        for (s_i, g_i) in sums.chunks_exact_mut(q * b).zip(gs.chunks_exact(b)) {
+            for (s_ij, z_j) in s_i.chunks_exact_mut(b).zip(zs.chunks_exact(b)) {
+                add_cross(s_ij, z_j, g_i, len);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Spectra `z` (blocks of b values) of one or two rows (`rows` holds `z.len()` or twice as
 /// many values): the complex FFT of `row1 + i·row2` for two, the real FFT's half spectrum for
 /// one. Returns how many values of each block are valid: b, or b/2+1 for one row.
+#[inline(always)]
 fn transform<T: Real>(
     ws: &mut Workspace<'_, T>,
     rows: &[T],
@@ -180,6 +215,7 @@ fn transform<T: Real>(
 }
 
 /// The first `len` values of each length-b block of `v`.
+#[inline(always)]
 fn blocks<T: Real>(v: &[Complex<T>], b: usize, len: usize) -> impl Iterator<Item = &[Complex<T>]> {
     v.chunks_exact(b).map(move |block| &block[..len])
 }
@@ -187,6 +223,7 @@ fn blocks<T: Real>(v: &[Complex<T>], b: usize, len: usize) -> impl Iterator<Item
 /// The inverse of [`transform`] (unnormalised), clobbering `z`: real parts into the first row,
 /// imaginary parts into the second when `rows` holds two; for one row only the half spectrum
 /// of each block is read.
+#[inline(always)]
 fn inverse<T: Real>(
     ws: &mut Workspace<'_, T>,
     z: &mut [Complex<T>],
@@ -209,6 +246,7 @@ fn inverse<T: Real>(
 /// `s += conj(z) · g` for one block (b values) of a pair's spectra. For a lone row (`len` =
 /// b/2+1, half spectra) the product is Hermitian: its values at -k (k = 1..b-len; the Nyquist
 /// bin is its own mirror) are added as the conjugates of those at k.
+#[inline(always)]
 fn add_cross<T: Real>(s: &mut [Complex<T>], z: &[Complex<T>], g: &[Complex<T>], len: usize) {
     for ((s, z), g) in s[..len].iter_mut().zip(z).zip(g) {
         *s += z.conj() * g;
@@ -220,6 +258,7 @@ fn add_cross<T: Real>(s: &mut [Complex<T>], z: &[Complex<T>], g: &[Complex<T>], 
 }
 
 /// `acc = Σ_k w_k · v_k` (with `conj(w_k)` when `conj`), element-wise over frequencies.
+#[inline(always)]
 fn contract<'a, T: Real>(
     w: impl Iterator<Item = &'a [Complex<T>]>,
     v: impl Iterator<Item = &'a [Complex<T>]>,

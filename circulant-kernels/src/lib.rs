@@ -17,6 +17,7 @@ mod erased;
 mod fft;
 mod op;
 mod parallel;
+mod simd;
 #[doc(hidden)]
 pub mod testing;
 
