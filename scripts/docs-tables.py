@@ -657,6 +657,44 @@ def t_conv_layers(ctx: Ctx) -> str:
                        rows, "|---|---:|---|---:|---:|---:|"))
 
 
+OP_PLAIN = "docs/bench/op-plain-call-fresh-2026-11-30-cpu.txt"
+
+
+def t_op_plain(ctx: Ctx) -> str:
+    """The op as a plain call in fresh processes, ours vs PyTorch per run, and candle's dense."""
+    text = read(OP_PLAIN)
+    runs: dict[int, dict[str, float]] = {}
+    run = side = None
+    dense = None
+    for line in text.splitlines():
+        m = re.match(r"^## run (\d+): (ours|PyTorch)", line)
+        if m:
+            run, side = int(m[1]), m[2]
+            continue
+        m = re.match(r"^circulant d=4096 batch=128 fwd\+bwd: median ([0-9.]+) ms", line)
+        if m and side == "ours":
+            runs.setdefault(run, {})["ours"] = float(m[1])
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if side == "PyTorch" and len(cells) > 4 and cells[0].startswith("circulant"):
+            runs.setdefault(run, {})["torch"] = float(cells[4])
+        m = re.match(r"^dense \(candle Linear\) d=4096 batch=128 fwd\+bwd: median ([0-9.]+) ms", line)
+        if m:
+            dense = float(m[1])
+    if not runs or any(len(v) != 2 for v in runs.values()) or dense is None:
+        raise DataError(f"{OP_PLAIN}: a run lacks a side, or no dense line")
+    rows = [[str(k), f"{v['ours']:.2f}", f"{v['torch']:.2f}", f"{v['torch'] / v['ours']:.2f}×"]
+            for k, v in sorted(runs.items())]
+    ours = statistics.median(v["ours"] for v in runs.values())
+    torch = statistics.median(v["torch"] for v in runs.values())
+    rows.append(["**median**", f"**{ours:.2f}**", f"**{torch:.2f}**", f"**{torch / ours:.2f}×**"])
+    header = next(l for l in text.splitlines() if l.startswith("# 20"))[2:]
+    return (f"{header} ([{os.path.basename(OP_PLAIN)}]({ctx.link(OP_PLAIN)}); each run a fresh "
+            "process, medians of its calls, ms)\n\n"
+            + md_table(["run", "ours", "PyTorch", "PyTorch / ours"], rows, "|---|---:|---:|---:|")
+            + f"\n\ncandle's dense layer (4096 × 4096 weight, batch 128) in a fresh process: "
+            f"{dense:.0f} ms fwd+bwd, {dense / ours:.0f}× the op's median.")
+
+
 OWN_TABLE = ("mnist", "fashion-mnist", "cifar10")
 
 TABLES = {
@@ -665,6 +703,7 @@ TABLES = {
     "readme-speed": (t_readme_speed, [CPU_SERIAL, CPU_POOL, TORCH_CPU]),
     "nets": (t_nets, ["docs/bench/nets-*.json (newest per device)"]),
     "bench-conv-layers": (t_conv_layers, [CONV_LAYERS]),
+    "bench-op-plain": (t_op_plain, [OP_PLAIN]),
     "results-mnist": (t_results("mnist", (
         "No MNIST run is committed yet. `scripts/reproduce.sh quick` trains the dense and "
         "circulant heads for one epoch; a run committed as `docs/runs/mnist-mnist-cnn-<head>-…/` "
