@@ -319,13 +319,20 @@ impl CustomOp3 for BnTrain {
             .detach()
             .contiguous()?
             .apply_op2_no_bwd(&grad.detach().contiguous()?, &op)?;
-        let (len, c) = (x.elem_count(), self.mean.len());
-        Ok((
-            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
-            Some(packed.narrow(0, len, c)?),
-            Some(packed.narrow(0, len + c, c)?),
-        ))
+        unpack_grads(&packed, x, self.mean.len())
     }
+}
+
+/// The `(dx, dweight, dbias)` of a backward op's packed `[dx; dweight; dbias]` for input `x`
+/// with `c` channels.
+type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+fn unpack_grads(packed: &Tensor, x: &Tensor, c: usize) -> candle_core::Result<Grads3> {
+    let len = x.elem_count();
+    Ok((
+        Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
+        Some(packed.narrow(0, len, c)?),
+        Some(packed.narrow(0, len + c, c)?),
+    ))
 }
 
 /// `(x, dy) -> [dx, dweight, dbias]`, packed in one vector.

@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use kernels_cuda::BnDims;
 
-use super::{geometry, BnStats};
+use super::{geometry, unpack_grads, BnStats};
 use crate::cuda::{f32_view, with_f32_view};
 use crate::error::Result;
 
@@ -108,12 +108,7 @@ impl CustomOp3 for BnTrainDevice {
             &gamma.detach().contiguous()?,
             &op,
         )?;
-        let (len, c) = (x.elem_count(), gamma.elem_count());
-        Ok((
-            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
-            Some(packed.narrow(0, len, c)?),
-            Some(packed.narrow(0, len + c, c)?),
-        ))
+        unpack_grads(&packed, x, gamma.elem_count())
     }
 }
 
