@@ -2,23 +2,11 @@
 //! `kernels_cuda` (cuFFT + contraction kernels). Everything stays on the GPU.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::CudaView;
 use candle_core::cuda::CudaStorage;
 use candle_core::{DType, Error, Layout, Result};
-use kernels_cuda::{Dims, FftFloat, Spectra};
+use kernels_cuda::{contiguous_view, Dims, FftFloat, Spectra};
 
 use crate::erased::{float_dtype, Erased};
-
-/// The contiguous elements of `s` described by `l`, as a view of its `T` slice.
-fn view<'a, T: FftFloat>(what: &str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
-        Error::Msg(format!(
-            "block_circulant (cuda): internal error: non-contiguous {what} {l:?}"
-        ))
-        .bt()
-    })?;
-    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
-}
 
 /// The common dtype (f32 or f64) of `inputs`, which must all live on the first one's device.
 /// Errors are worded as on the CPU path.
@@ -48,7 +36,10 @@ fn forward_t<T: FftFloat>(
     keep_spectra: bool,
 ) -> Result<(CudaStorage, Option<Erased>)> {
     let dev = x.device();
-    let (x, r) = (view::<T>("x", x, lx)?, view::<T>("r", r, lr)?);
+    let (x, r) = (
+        contiguous_view::<T>("block_circulant (cuda): x", x, lx)?,
+        contiguous_view::<T>("block_circulant (cuda): r", r, lr)?,
+    );
     let (y, saved) = if keep_spectra {
         let (y, spectra) = kernels_cuda::forward_keep::<T>(dev, &x, &r, d)?;
         (y, spectra.map(Erased::new))
@@ -68,9 +59,9 @@ fn backward_t<T: FftFloat>(
     let dev = x.0.device();
     let packed = kernels_cuda::backward::<T>(
         dev,
-        &view::<T>("x", x.0, x.1)?,
-        &view::<T>("r", r.0, r.1)?,
-        &view::<T>("grad", g.0, g.1)?,
+        &contiguous_view::<T>("block_circulant (cuda): x", x.0, x.1)?,
+        &contiguous_view::<T>("block_circulant (cuda): r", r.0, r.1)?,
+        &contiguous_view::<T>("block_circulant (cuda): grad", g.0, g.1)?,
         d,
         saved.and_then(Erased::get::<Spectra<T>>),
     )?;

@@ -20,10 +20,7 @@ mod device {
 
     /// The contiguous f32 data of a custom-op input.
     pub(crate) fn f32_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
-        let Some((start, end)) = l.contiguous_offsets() else {
-            bail!("custom op (cuda): expected a contiguous input")
-        };
-        Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
+        kernels_cuda::contiguous_view("custom op (cuda)", s, l)
     }
 
     /// Runs `f` on the contiguous f32 data of a CUDA tensor an op holds (not one of its inputs),

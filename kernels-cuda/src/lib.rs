@@ -25,6 +25,8 @@ mod optim;
 mod plan;
 #[cfg(feature = "cuda")]
 mod pool;
+#[cfg(feature = "cuda")]
+mod storage;
 
 #[cfg(feature = "cuda")]
 pub use batch_norm::{batch_norm_backward, batch_norm_forward, batch_norm_stats, BnDims};
@@ -39,3 +41,5 @@ pub use max_pool::{max_pool_backward, max_pool_forward, PoolDims};
 pub use optim::{update_in_place, SgdRule, Update};
 #[cfg(feature = "cuda")]
 pub use pool::keep_freed_memory;
+#[cfg(feature = "cuda")]
+pub use storage::contiguous_view;

@@ -1,17 +1,8 @@
 //! The in-place ops on CUDA tensors: one kernels-cuda launch per tensor and op.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::CudaView;
 use candle_core::{bail, CudaStorage, DType, Layout, Result};
-use kernels_cuda::{FftFloat, Update};
-
-/// The contiguous `T` data of an operand.
-fn view<'a, T: FftFloat>(name: &str, s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("{name}: expected a contiguous tensor")
-    };
-    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
-}
+use kernels_cuda::{contiguous_view, FftFloat, Update};
 
 /// Runs `update` on `dst` from one or two sources (a one-source update reads only the first),
 /// all f32 or all f64 on one device.
@@ -46,7 +37,7 @@ fn run<T: FftFloat>(
 ) -> Result<()> {
     let views = srcs
         .iter()
-        .map(|&(s, l)| view::<T>(name, s, l))
+        .map(|&(s, l)| contiguous_view::<T>(name, s, l))
         .collect::<Result<Vec<_>>>()?;
     let (s1, s2) = match views.as_slice() {
         [s1] => (s1, s1),
