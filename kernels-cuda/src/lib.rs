@@ -2,7 +2,8 @@
 //! candle's CUDA stream, and small CUDA kernels (compiled to PTX at build time) for the
 //! per-frequency contractions of the forward pass and of both gradients. Also the kernels of
 //! the other training layers that would otherwise be many candle ops: max pooling, train-mode
-//! batch norm and the optimizers' in-place updates.
+//! batch norm and the optimizers' in-place updates; and host-to-device copies of batches through
+//! page-locked staging buffers.
 //!
 //! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) is behind the `cuda`
 //! feature; without it the crate builds with no CUDA toolkit. cuFFT plans are created once per
@@ -27,6 +28,8 @@ mod plan;
 mod pool;
 #[cfg(feature = "cuda")]
 mod storage;
+#[cfg(feature = "cuda")]
+mod upload;
 
 #[cfg(feature = "cuda")]
 pub use batch_norm::{batch_norm_backward, batch_norm_forward, batch_norm_stats, BnDims};
@@ -43,3 +46,5 @@ pub use optim::{update_in_place, SgdRule, Update};
 pub use pool::keep_freed_memory;
 #[cfg(feature = "cuda")]
 pub use storage::contiguous_view;
+#[cfg(feature = "cuda")]
+pub use upload::PinnedUpload;

@@ -14,6 +14,7 @@ mod output;
 mod run_dir;
 pub mod settings;
 pub mod step;
+mod upload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -330,7 +331,7 @@ fn train_in(
     let order = data::epoch_order(splits.train.len(), run.seed, state.epoch);
     trainer
         .stats
-        .reset(state.accum.loss_sum, state.accum.correct)?;
+        .reset(state.accum.loss_sum, state.accum.correct, state.accum.seen)?;
     let checkpoints = Checkpointer::new(
         out,
         args.save_every,
@@ -455,8 +456,8 @@ impl Run<'_> {
         let mut lr = self.trainer.lr(self.state.global_step);
         for k in shard.first_step()..steps {
             // This rank's part of global batch k; only the last one may be empty.
-            let (batch_images, labels) = if shard.rank_range(k).is_empty() {
-                (Vec::new(), Vec::new())
+            let (x, labels) = if shard.rank_range(k).is_empty() {
+                (None, Vec::new())
             } else {
                 let Some(batch) = loader.next() else {
                     bail!("the data loader stopped after {k} of {steps} batches");
@@ -468,12 +469,12 @@ impl Run<'_> {
                         batch.index + shard.first_step()
                     );
                 }
-                (batch.images, batch.labels)
+                (Some(self.trainer.upload(batch.images)?), batch.labels)
             };
             let global = shard.global_range(k).len();
             let step =
                 self.trainer
-                    .step_part(batch_images, &labels, global, self.state.global_step)?;
+                    .step_part(x.as_ref(), &labels, global, self.state.global_step)?;
             let n = step.samples;
             lr = step.lr;
             let st = &mut self.state;
@@ -482,11 +483,6 @@ impl Run<'_> {
             st.batch_in_epoch += 1;
             images += n;
             bar.inc(1);
-            if let Some(loss) = step.loss.filter(|l| !l.is_finite()) {
-                bar.abandon();
-                let what = format!("the training loss became {loss}");
-                return Err(self.diverged(&what, self.state.global_step));
-            }
             // The loss and accuracy stay on the device but at the steps that need them: a
             // step record, a checkpoint, the end of the epoch.
             let st = &self.state;
@@ -541,9 +537,20 @@ impl Run<'_> {
 
     /// Reads the training statistics from the device into the state's accumulator (a sync with
     /// the device) and returns the last step's loss. Fails with the divergence error when the
-    /// loss is no longer finite: the weights may then be too, and must not be saved.
+    /// loss is no longer finite (the weights may then be too, and must not be saved), and when
+    /// the ranks of a data-parallel run did not train on the samples they should have.
     fn read_stats(&mut self) -> Result<Option<f64>> {
         let r = self.trainer.stats.read()?;
+        let seen = self.state.accum.seen;
+        if r.samples != seen {
+            bail!(
+                "by step {} the ranks had trained on {} samples of epoch {}, not {seen}: are \
+                 they running the same command on the same data?",
+                self.state.global_step,
+                r.samples,
+                self.state.epoch + 1,
+            );
+        }
         if !r.loss_sum.is_finite() {
             let seen = self.state.accum.seen.max(1) as f64;
             let what = format!("the training loss became {}", r.loss_sum / seen);
@@ -635,7 +642,7 @@ impl Run<'_> {
         st.epoch += 1;
         st.batch_in_epoch = 0;
         st.accum = Default::default();
-        self.trainer.stats.reset(0.0, 0)?;
+        self.trainer.stats.reset(0.0, 0, 0)?;
         self.order = data::epoch_order(self.splits.train.len(), self.config.run.seed, st.epoch);
         self.save()?;
         if improved {

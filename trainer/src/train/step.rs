@@ -8,10 +8,10 @@ use circulant_model::{Mode, Model};
 use crate::cli::OptimizerKind;
 use crate::data::{derive_seed, Shape};
 use crate::dist::GradSync;
-use crate::eval;
 use crate::optim::{AdamW, Optimizer, Schedule, Sgd};
-use crate::train::accum::DeviceStats;
+use crate::train::accum::{step_figures, DeviceStats};
 use crate::train::settings::TrainConfig;
+use crate::train::upload::Upload;
 
 /// A model with its optimizer and learning-rate schedule.
 pub struct Trainer {
@@ -29,6 +29,7 @@ pub struct Trainer {
     /// The running loss and correct predictions of the steps taken, on the device: every step
     /// adds to them, the caller reads and resets them.
     pub stats: DeviceStats,
+    upload: Upload,
 }
 
 struct Dist {
@@ -39,12 +40,6 @@ struct Dist {
 
 /// What one step computed. Its loss and correct predictions went into [`Trainer::stats`].
 pub struct StepResult {
-    /// Mean cross-entropy of the batch over every rank, where the step had it on the host
-    /// already: in a data-parallel step, whose statistics are summed with the gradients. When it
-    /// is not finite the weights were not updated. None in a one-process step, which leaves the
-    /// loss on the device and updates the weights whatever it is: they may then have become
-    /// non-finite, which the next read of [`Trainer::stats`] reveals.
-    pub loss: Option<f64>,
     /// Learning rate of the step.
     pub lr: f64,
     /// Samples of the batch (over every rank).
@@ -88,6 +83,7 @@ impl Trainer {
         };
         let shape = Shape::of(&model.config().input);
         let stats = DeviceStats::new(model.device())?;
+        let upload = Upload::new(model.device());
         Ok(Trainer {
             model,
             optimizer,
@@ -98,6 +94,7 @@ impl Trainer {
             compute: config.run.precision.compute_dtype(),
             dist: None,
             stats,
+            upload,
         })
     }
 
@@ -143,27 +140,31 @@ impl Trainer {
         Mode::Train { dropout_seed }
     }
 
-    /// Step number `global_step` (0-based) on a batch of normalised CHW images: forward,
-    /// cross-entropy, backward, optimizer update. Waits for nothing on the device.
-    pub fn step(
-        &mut self,
-        images: Vec<f32>,
-        labels: &[u32],
-        global_step: u64,
-    ) -> Result<StepResult> {
-        self.step_part(images, labels, labels.len(), global_step)
+    /// A batch of normalised CHW images (concatenated) as the input tensor of a step, on the
+    /// model's device. On a GPU the copy is queued without waiting for the steps before it.
+    pub fn upload(&mut self, images: Vec<f32>) -> Result<Tensor> {
+        self.upload.images(images, self.shape)
     }
 
-    /// Step `global_step` on this rank's part (`labels.len()` samples, possibly none) of a
-    /// global batch of `global_batch` samples. In a data-parallel run each rank weighs its mean
-    /// loss by its share of the batch, and the gradients are summed over the ranks: the update
-    /// is the one-process update on the whole batch.
+    /// Step number `global_step` (0-based) on the images `x` (from [`Trainer::upload`]) with
+    /// `labels`: forward, cross-entropy, backward, optimizer update. Waits for nothing on the
+    /// device.
+    pub fn step(&mut self, x: &Tensor, labels: &[u32], global_step: u64) -> Result<StepResult> {
+        self.step_part(Some(x), labels, labels.len(), global_step)
+    }
+
+    /// Step `global_step` on this rank's part (`x` and `labels`, possibly none) of a global
+    /// batch of `global_batch` samples. In a data-parallel run each rank weighs its mean loss by
+    /// its share of the batch, and the gradients are summed over the ranks: the update is the
+    /// one-process update on the whole batch.
     ///
-    /// A one-process step only queues work on the device; a data-parallel step waits for its
-    /// gradients and statistics to be summed over the ranks.
+    /// The step only queues work on the device; its loss, correct predictions and samples go
+    /// into [`Trainer::stats`] (in a data-parallel step, summed over the ranks), where a read
+    /// reveals a non-finite loss or ranks that disagree. With NCCL the sums stay on the device;
+    /// a collective on the host waits for them.
     pub fn step_part(
         &mut self,
-        images: Vec<f32>,
+        x: Option<&Tensor>,
         labels: &[u32],
         global_batch: usize,
         global_step: u64,
@@ -180,11 +181,12 @@ impl Trainer {
         let device = self.model.device().clone();
         // Forward and backward on this rank's samples.
         let mut local = None;
-        if n > 0 {
-            let Shape { c, h, w } = self.shape;
-            let x = Tensor::from_vec(images, (n, c, h, w), &device)?;
+        if let Some(x) = x.filter(|_| n > 0) {
+            if x.dim(0)? != n {
+                bail!("internal error: {} images for {n} labels", x.dim(0)?);
+            }
             let y = Tensor::from_slice(labels, n, &device)?;
-            let logits = self.model.forward_mixed(&x, mode, self.compute)?;
+            let logits = self.model.forward_mixed(x, mode, self.compute)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             local = Some((logits, loss, y));
         }
@@ -196,19 +198,15 @@ impl Trainer {
             let grads = loss.backward()?;
             self.optimizer.step(&grads, lr)?;
             return Ok(StepResult {
-                loss: None,
                 lr,
                 samples: n as u64,
             });
         };
-        // Data-parallel: gradients of (n / global_batch) × mean loss, and the statistics of the
-        // step (loss sum, correct, samples), summed over the ranks in one go.
+        // Data-parallel: gradients of (n / global_batch) × mean loss, and the figures of the
+        // step (loss sum, correct, samples), summed over the ranks in one go, on the device.
         let mut tensors = Vec::with_capacity(dist.params.len() + 1);
-        let (mut loss_sum, mut correct) = (0.0, 0);
-        match &local {
-            Some((logits, loss, _)) => {
-                loss_sum = loss.to_scalar::<f32>()? as f64 * n as f64;
-                correct = eval::score(&eval::host_logits(logits)?, labels)?.1;
+        let figures = match &local {
+            Some((logits, loss, y)) => {
                 let grads = (loss * (n as f64 / global_batch as f64))?.backward()?;
                 for p in &dist.params {
                     tensors.push(match grads.get(p.as_tensor()) {
@@ -216,44 +214,30 @@ impl Trainer {
                         None => p.as_tensor().zeros_like()?,
                     });
                 }
+                step_figures(loss, logits, y)?.to_dtype(DType::F32)?
             }
             None => {
                 for p in &dist.params {
                     tensors.push(p.as_tensor().zeros_like()?);
                 }
+                Tensor::zeros(3, DType::F32, &device)?
             }
-        }
-        let stats = [loss_sum as f32, correct as f32, n as f32];
-        tensors.push(Tensor::new(&stats, &device)?);
+        };
+        tensors.push(figures);
         let mut summed = dist.sync.sum(&tensors)?;
-        let stats: Vec<f32> = match summed.pop() {
-            Some(t) => t.to_vec1()?,
-            None => bail!("internal error: no step statistics"),
+        let Some(figures) = summed.pop() else {
+            bail!("internal error: no step figures");
         };
-        let samples = stats[2].round() as u64;
-        if samples != global_batch as u64 {
-            bail!(
-                "the ranks trained on {samples} samples in step {global_step}, not {global_batch}: \
-                 are they running the same command on the same data?"
-            );
-        }
-        let loss = stats[0] as f64 / samples as f64;
-        self.stats
-            .add_host(loss, samples, stats[1].round() as u64)?;
-        let step = StepResult {
-            loss: Some(loss),
-            lr,
-            samples,
-        };
-        if !loss.is_finite() {
-            return Ok(step);
-        }
+        self.stats.add_figures(&figures)?;
         let mut grads = GradStore::default();
         for (p, g) in dist.params.iter().zip(summed) {
             grads.insert(p.as_tensor(), g);
         }
         self.optimizer.step(&grads, lr)?;
-        Ok(step)
+        Ok(StepResult {
+            lr,
+            samples: global_batch as u64,
+        })
     }
 }
 
@@ -264,6 +248,8 @@ mod tests {
     use crate::dist::reduce::testing::thread_group;
     use crate::dist::reduce::Collective;
     use crate::dist::shard::EpochShard;
+    use crate::eval;
+    use crate::train::accum::StatsRead;
     use crate::train::settings;
     use circulant_model::{ModelConfig, Network};
 
@@ -300,8 +286,9 @@ mod tests {
         Trainer::new(model, &config, 10).unwrap()
     }
 
-    /// The weights after an epoch of `world` ranks × `batch`, in-process ranks as threads.
-    fn train(world: usize, batch: usize, optimizer: &'static str) -> Vec<Vec<f32>> {
+    /// The weights and the statistics read after an epoch of `world` ranks × `batch`,
+    /// in-process ranks as threads.
+    fn train(world: usize, batch: usize, optimizer: &'static str) -> (Vec<Vec<f32>>, StatsRead) {
         let runs: Vec<_> = thread_group(world)
             .into_iter()
             .map(|comm| {
@@ -312,18 +299,22 @@ mod tests {
                     let shard = EpochShard::new(SAMPLES, batch, world, rank, 0, 0).unwrap();
                     for k in 0..shard.steps() {
                         let part = shard.rank_range(k);
-                        let x = images[part.start * D..part.end * D].to_vec();
+                        let x = t
+                            .upload(images[part.start * D..part.end * D].to_vec())
+                            .unwrap();
+                        let x = Some(&x).filter(|_| !part.is_empty());
                         let g = shard.global_range(k).len();
                         let r = t.step_part(x, &labels[part], g, k as u64).unwrap();
-                        assert!(r.loss.is_some_and(f64::is_finite) && r.samples == g as u64);
+                        assert_eq!(r.samples, g as u64);
                     }
-                    weights(&t)
+                    (weights(&t), t.stats.read().unwrap())
                 })
             })
             .collect();
         let mut out: Vec<_> = runs.into_iter().map(|h| h.join().unwrap()).collect();
-        for w in &out[1..] {
-            assert_eq!(*w, out[0], "the ranks' weights differ");
+        for (w, stats) in &out[1..] {
+            assert_eq!(*w, out[0].0, "the ranks' weights differ");
+            assert_eq!(*stats, out[0].1, "the ranks' statistics differ");
         }
         out.swap_remove(0)
     }
@@ -356,21 +347,52 @@ mod tests {
                     let mut t = trainer(optimizer);
                     let g = world * batch;
                     for (k, (x, y)) in images.chunks(g * D).zip(labels.chunks(g)).enumerate() {
-                        t.step(x.to_vec(), y, k as u64).unwrap();
+                        let x = t.upload(x.to_vec()).unwrap();
+                        t.step(&x, y, k as u64).unwrap();
                     }
-                    weights(&t)
+                    (weights(&t), t.stats.read().unwrap())
                 };
                 let many = train(world, batch, optimizer);
-                let diff = max_diff(&one, &many);
+                let diff = max_diff(&one.0, &many.0);
                 assert!(
                     diff < 1e-5,
                     "{optimizer}, {world} x {batch}: weights differ by {diff}"
                 );
+                // The statistics, summed on the device over the ranks (the loss in f32).
+                let (a, b) = (one.1, many.1);
+                assert_eq!((a.correct, a.samples), (b.correct, b.samples));
+                assert_eq!(a.samples, SAMPLES as u64);
+                assert!((a.loss_sum - b.loss_sum).abs() < 1e-5 * a.loss_sum);
+                let (la, lb) = (a.last_loss.unwrap(), b.last_loss.unwrap());
+                assert!((la - lb).abs() < 1e-5 * la, "last loss {la} vs {lb}");
                 assert!(
-                    max_diff(&one, &weights(&trainer(optimizer))) > 1e-3,
+                    max_diff(&one.0, &weights(&trainer(optimizer))) > 1e-3,
                     "no training"
                 );
             }
+        }
+    }
+
+    /// Ranks that disagree on a batch (here rank 1 trains on 8 of the 32 samples rank 0 counts
+    /// on, so 8 are missing) show it in the samples of their statistics, which the training
+    /// loop checks at every read.
+    #[test]
+    fn disagreeing_ranks_show_in_the_samples() {
+        let runs: Vec<_> = thread_group(2)
+            .into_iter()
+            .map(|comm| {
+                std::thread::spawn(move || {
+                    let (images, labels) = data();
+                    let n = if comm.rank() == 0 { 16 } else { 8 };
+                    let mut t = trainer("sgd").with_sync(GradSync::new(Box::new(comm)));
+                    let x = t.upload(images[..n * D].to_vec()).unwrap();
+                    let r = t.step_part(Some(&x), &labels[..n], 32, 0).unwrap();
+                    (r.samples, t.stats.read().unwrap().samples)
+                })
+            })
+            .collect();
+        for h in runs {
+            assert_eq!(h.join().unwrap(), (32, 24));
         }
     }
 
@@ -393,8 +415,9 @@ mod tests {
             last = candle_nn::loss::cross_entropy(&logits, &y_dev)?.to_scalar::<f32>()? as f64;
             loss_sum += last * n as f64;
             correct += eval::score(&eval::host_logits(&logits)?, y)?.1;
-            let r = t.step(x.to_vec(), y, k as u64)?;
-            assert!(r.loss.is_none(), "a one-process step read its loss");
+            let x = t.upload(x.to_vec())?;
+            let r = t.step(&x, y, k as u64)?;
+            assert_eq!(r.samples, n as u64);
         }
         assert!(correct > 0 && loss_sum > 0.0);
         let read = t.stats.read()?;
