@@ -1,0 +1,90 @@
+//! The patched autograd of vendor/candle-core (first gradients stored as they are instead of
+//! added to zeros): gradients against central finite differences in f64 on random inputs, over
+//! a graph where one input reaches the loss by several paths (sums of gradients), through
+//! subtractions and negations (first gradients negated), transposes and broadcasts (views made
+//! contiguous), and a dtype cast.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+/// A scalar function of `x` (3×5) and `b` (5), each input used several times.
+fn loss(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let xt = x.t()?; // 5×3, a transposed view
+    let y = (x.broadcast_add(b)? - x.sqr()?)?; // x by two paths, b broadcast
+    let z = (xt.matmul(&y)?.tanh()? - 0.5)?; // 5×5
+    let w = (b.neg()?.exp()? * 0.25)?.unsqueeze(0)?; // b through neg, 1×5
+    let v = z.broadcast_mul(&w)?.sum_all()?;
+    let cast = x
+        .to_dtype(DType::F32)?
+        .to_dtype(DType::F64)?
+        .sin()?
+        .sum_all()?;
+    v + cast
+}
+
+fn random(shape: &[usize], seed: u64) -> Vec<f64> {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn gradients_match_finite_differences() -> Result<()> {
+    let dev = Device::Cpu;
+    // Inputs rounded to f32 values, so that the f32 round trip of `loss` is exact at them.
+    let round = |v: Vec<f64>| v.into_iter().map(|a| a as f32 as f64).collect::<Vec<_>>();
+    let xs = round(random(&[3, 5], 1));
+    let bs = round(random(&[5], 2));
+    let x = Var::from_vec(xs.clone(), (3, 5), &dev)?;
+    let b = Var::from_vec(bs.clone(), 5, &dev)?;
+    let grads = loss(x.as_tensor(), b.as_tensor())?.backward()?;
+    for (name, var, values, dims) in [("x", &x, &xs, vec![3, 5]), ("b", &b, &bs, vec![5])] {
+        let g = grads.get(var.as_tensor()).expect("a gradient");
+        assert!(g.is_contiguous(), "{name}: gradient not contiguous");
+        assert_eq!(g.dims(), dims.as_slice());
+        let g = g.flatten_all()?.to_vec1::<f64>()?;
+        for i in 0..values.len() {
+            let f = |delta: f64| -> Result<f64> {
+                let mut v = values.clone();
+                v[i] += delta;
+                let t = Tensor::from_vec(v, dims.as_slice(), &dev)?;
+                let l = if name == "x" {
+                    loss(&t, b.as_tensor())?
+                } else {
+                    loss(x.as_tensor(), &t)?
+                };
+                l.to_scalar::<f64>()
+            };
+            // The f32 round trip makes `loss` piecewise constant at f32 resolution: step over it.
+            let h = 1e-3;
+            let fd = (f(h)? - f(-h)?) / (2.0 * h);
+            let tol = 1e-4 * (1.0 + fd.abs());
+            assert!(
+                (g[i] - fd).abs() < tol,
+                "d loss / d {name}[{i}]: autograd {}, finite differences {fd}",
+                g[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A gradient whose first term is a strided view (here a transpose of the upstream gradient)
+/// is stored contiguous, with the values of the view.
+#[test]
+fn first_gradients_are_stored_contiguous() -> Result<()> {
+    let dev = Device::Cpu;
+    let w = Var::from_vec(random(&[4, 6], 3), (4, 6), &dev)?;
+    let c = Tensor::from_vec(random(&[6, 4], 4), (6, 4), &dev)?;
+    let grads = (w.as_tensor().t()? * &c)?.sum_all()?.backward()?;
+    let g = grads.get(w.as_tensor()).expect("a gradient");
+    assert!(g.is_contiguous());
+    assert_eq!(g.to_vec2::<f64>()?, c.t()?.to_vec2::<f64>()?);
+    Ok(())
+}
