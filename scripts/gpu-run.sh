@@ -8,6 +8,12 @@
 #   BENCH_ARGS=--quick scripts/gpu-run.sh   # smaller benchmark table
 #   CIFAR_DIR=/tmp/cifar10-jpeg scripts/gpu-run.sh   # also train cifar-cnn, dense vs circulant
 #                                  # (scripts/gpu-cifar.sh; CIFAR_EPOCHS per head, default 12)
+#   TRAIN_RUNS="loader bf16" ...       # the training runs, from: heads (the above, the default
+#                                  # with CIFAR_DIR), loader (cifar-cnn on the CIFAR_DIR JPEGs,
+#                                  # 2 epochs at batch 256, against the whole-network bench's
+#                                  # img/s), bf16 (scripts/gpu-bf16-accuracy.sh: f32 vs bf16 test
+#                                  # accuracy of mnist-cnn on MNIST_DIR and cifar-cnn on CIFAR_DIR;
+#                                  # MNIST_EPOCHS, CIFAR_EPOCHS)
 #   SKIP_BENCH=1 ...                   # tests (and CIFAR) only
 #   SKIP_NETS=1 ...                    # no whole-network comparison (scripts/bench-nets.sh
 #                                  # --device cuda: cifar-cnn and alexnet at batch 256, both heads,
@@ -88,6 +94,10 @@ done
 echo "== trainer_unit optim::fused::cuda"
 timeout 120 "$BIN/trainer_unit" optim::fused::cuda --test-threads=1 --nocapture 2>&1 |
   tee "$RESULTS/trainer_optim.log" || status=1
+# Batches through the page-locked staging ring while the card is busy.
+echo "== trainer_unit train::upload"
+timeout 120 "$BIN/trainer_unit" train::upload --test-threads=1 --nocapture 2>&1 |
+  tee "$RESULTS/trainer_upload.log" || status=1
 # Data-parallel training: the 1-rank NCCL all-reduce, then 2 ranks vs 1 through bin/trainer
 # (two ranks on one GPU need NCCL >= 2.30; the test sets NCCL_MULTI_RANK_GPU_ENABLE=1).
 echo "== trainer_unit dist::nccl"
@@ -96,7 +106,7 @@ timeout 120 "$BIN/trainer_unit" dist::nccl --test-threads=1 --nocapture 2>&1 |
 echo "== nccl_training"
 TRAINER_BIN=$BIN/trainer timeout 300 "$BIN/nccl_training" --test-threads=1 --nocapture 2>&1 |
   tee "$RESULTS/nccl_training.log" || status=1
-for t in trainer_optim trainer_nccl nccl_training; do
+for t in trainer_optim trainer_upload trainer_nccl nccl_training; do
   if ! grep -q "test result: ok. [1-9]" "$RESULTS/$t.log"; then
     echo "gpu-run: $t ran no test or failed" >&2
     status=1
@@ -150,9 +160,34 @@ if [[ -z ${SKIP_NETS:-} ]]; then
       --out "$NETS/nets.json" || status=1
   fi
 fi
-if [[ -n ${CIFAR_DIR:-} ]]; then
+RUNS=${TRAIN_RUNS:-${CIFAR_DIR:+heads}}
+if [[ " $RUNS " == *" heads "* ]]; then
   echo "== CIFAR-10 cifar-cnn on the card (scripts/gpu-cifar.sh)"
   bash "$ROOT/scripts/gpu-cifar.sh" "$BIN/trainer" "$CIFAR_DIR" "$RESULTS/cifar" \
     "${CIFAR_EPOCHS:-12}" || status=1
+fi
+if [[ " $RUNS " == *" loader "* ]]; then
+  # The real loader (JPEG decoding, augmentation, upload) against `trainer bench` on a batch
+  # kept on the card: the issue's target is within 10%.
+  echo "== CIFAR-10 loader: cifar-cnn circulant, batch 256, 2 epochs"
+  HEADS=circulant BATCH=256 bash "$ROOT/scripts/gpu-cifar.sh" "$BIN/trainer" "$CIFAR_DIR" \
+    "$RESULTS/loader" 2 || status=1
+  bench=$("$BIN/trainer" bench --model cifar-cnn --head circulant --batch-size 256 \
+    --device cuda --steps 30 --json | tail -1)
+  echo "$bench" >"$RESULTS/loader/bench.json"
+  python3 - "$RESULTS/loader" <<'PY' || status=1
+import json, sys
+d = sys.argv[1]
+bench = json.load(open(f"{d}/bench.json"))["train_img_s"]
+epochs = [json.loads(l) for l in open(f"{d}/cifar-circulant/metrics.jsonl") if '"epoch"' in l]
+train = epochs[-1]["images_per_sec"]
+print(f"loader: trainer train {train:.0f} img/s (epoch {len(epochs)}), trainer bench {bench:.0f}"
+      f" img/s: {100 * train / bench:.0f}%")
+PY
+fi
+if [[ " $RUNS " == *" bf16 "* ]]; then
+  echo "== bf16 against f32 accuracy (scripts/gpu-bf16-accuracy.sh)"
+  bash "$ROOT/scripts/gpu-bf16-accuracy.sh" "$BIN/trainer" "${MNIST_DIR:--}" "${CIFAR_DIR:--}" \
+    "$RESULTS/bf16" "${MNIST_EPOCHS:-5}" "${CIFAR_EPOCHS:-12}" || status=1
 fi
 exit $status
