@@ -6,7 +6,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCES: &[&str] = &["circulant", "max_pool", "batch_norm", "optim"];
+const SOURCES: &[&str] = &["circulant", "max_pool", "batch_norm", "optim", "dropout"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

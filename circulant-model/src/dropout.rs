@@ -1,14 +1,16 @@
-//! Dropout with host-seeded masks (reproducible, unlike candle's CPU RNG).
+//! Dropout with seeded masks, the same bits on the CPU and on a GPU.
 
-use candle_core::Tensor;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use candle_core::{Device, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::init::mix;
+use crate::init::{mix, GOLDEN};
 
-/// Inverted dropout with a mask drawn on the host from `StdRng::seed_from_u64(seed)`:
-/// each element is zeroed with probability `p` and the others are scaled by `1 / (1 - p)`.
+/// Inverted dropout with a mask drawn from `seed`: element `i` of `x` (row-major) is zeroed
+/// when the high 32 bits of SplitMix64's output `i` from `seed` are below `p · 2^32`, and the
+/// others are scaled by `1 / (1 - p)`. Each element's draw depends only on `(seed, i)`, so the
+/// mask is drawn in parallel on the CPU and by one kernel on a CUDA device (`cuda` feature),
+/// with the same bits.
 pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         return Err(Error::InvalidConfig(format!(
@@ -18,21 +20,44 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if p == 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = StdRng::seed_from_u64(seed);
-    // Keep an element when a uniform u32 is >= p * 2^32.
-    let threshold = (f64::from(p) * 4_294_967_296.0) as u64;
-    let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if u64::from(rng.random::<u32>()) >= threshold {
+    // p < 1, so p · 2^32 < 2^32.
+    let threshold = (f64::from(p) * 4_294_967_296.0) as u32;
+    let mask = mask(x.shape(), x.device(), seed, threshold, 1.0 / (1.0 - p))?;
+    Ok(x.mul(&mask.to_dtype(x.dtype())?)?)
+}
+
+/// High 32 bits of SplitMix64's output `i` from `seed`.
+fn draw(seed: u64, i: usize) -> u32 {
+    (mix(seed.wrapping_add((i as u64).wrapping_mul(GOLDEN))) >> 32) as u32
+}
+
+/// The f32 mask: `scale` where the draw is `>= threshold`, else 0.
+fn mask(shape: &Shape, device: &Device, seed: u64, threshold: u32, scale: f32) -> Result<Tensor> {
+    let len = shape.elem_count();
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        use candle_core::{op::BackpropOp, CudaStorage, Storage};
+        let m = kernels_cuda::dropout_mask(dev, len, seed, threshold, scale)?;
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(m, dev.clone()));
+        return Ok(Tensor::from_storage(
+            storage,
+            shape.clone(),
+            BackpropOp::none(),
+            false,
+        ));
+    }
+    let values: Vec<f32> = (0..len)
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .map(|i| {
+            if draw(seed, i) >= threshold {
                 scale
             } else {
                 0.0
             }
         })
         .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok(x.mul(&mask)?)
+    Ok(Tensor::from_vec(values, shape.clone(), device)?)
 }
 
 /// The seed of the `index`-th dropout layer of a forward pass run with `dropout_seed`.
@@ -65,5 +90,44 @@ mod tests {
         assert!(dropout(&x, 1.0, 0).is_err());
         assert!(dropout(&x, -0.1, 0).is_err());
         assert_ne!(dropout_layer_seed(1, 0), dropout_layer_seed(1, 1));
+    }
+
+    /// The draws are SplitMix64's outputs (published values for state 0), high halves.
+    #[test]
+    fn draws_are_splitmix64_outputs() {
+        let want = [
+            0xe220_a839_7b1d_cdafu64,
+            0x6e78_9e6a_a1b9_65f4,
+            0x06c4_5d18_8009_454f,
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(draw(0, i), (w >> 32) as u32, "output {i}");
+        }
+    }
+
+    /// Each element is kept exactly when its own draw says so, in every dtype.
+    #[test]
+    fn elements_follow_their_draws() {
+        let x = Tensor::arange(1f32, 1001., &Device::Cpu)
+            .unwrap()
+            .reshape((10, 100))
+            .unwrap();
+        let threshold = (0.3f64 * 4_294_967_296.0) as u32;
+        for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+            let y = dropout(&x.to_dtype(dtype).unwrap(), 0.3, 77).unwrap();
+            let y = y.to_dtype(candle_core::DType::F32).unwrap();
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (i, v) in y.iter().enumerate() {
+                let want = if draw(77, i) >= threshold {
+                    (i + 1) as f32 / 0.7
+                } else {
+                    0.0
+                };
+                assert!(
+                    (v - want).abs() <= 1e-4 * want,
+                    "element {i}: {v} vs {want}"
+                );
+            }
+        }
     }
 }

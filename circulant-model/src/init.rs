@@ -51,9 +51,13 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-/// SplitMix64 finaliser, used to decorrelate derived seeds.
+/// SplitMix64's increment (2^64 / φ).
+pub const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64 finaliser, used to decorrelate derived seeds: `mix(seed + i * GOLDEN)` is
+/// SplitMix64's output `i` from state `seed`.
 pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = z.wrapping_add(GOLDEN);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

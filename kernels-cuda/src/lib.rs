@@ -2,7 +2,7 @@
 //! candle's CUDA stream, and small CUDA kernels (compiled to PTX at build time) for the
 //! per-frequency contractions of the forward pass and of both gradients. Also the kernels of
 //! the other training layers that would otherwise be many candle ops: max pooling, train-mode
-//! batch norm and the optimizers' in-place updates; and host-to-device copies of batches through
+//! batch norm, dropout masks and the optimizers' in-place updates; and host-to-device copies of batches through
 //! page-locked staging buffers.
 //!
 //! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) is behind the `cuda`
@@ -14,6 +14,8 @@ mod batch_norm;
 #[cfg(feature = "cuda")]
 mod circulant;
 mod dims;
+#[cfg(feature = "cuda")]
+mod dropout;
 #[cfg(feature = "cuda")]
 mod dtype;
 #[cfg(feature = "cuda")]
@@ -36,6 +38,8 @@ pub use batch_norm::{batch_norm_backward, batch_norm_forward, batch_norm_stats, 
 #[cfg(feature = "cuda")]
 pub use circulant::{backward, forward, forward_keep, Spectra};
 pub use dims::Dims;
+#[cfg(feature = "cuda")]
+pub use dropout::dropout_mask;
 #[cfg(feature = "cuda")]
 pub use dtype::FftFloat;
 #[cfg(feature = "cuda")]

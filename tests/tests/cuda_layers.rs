@@ -1,4 +1,4 @@
-//! The GPU kernels of the training layers (kernels-cuda's max pool and batch norm, reached
+//! The GPU kernels of the training layers (kernels-cuda's max pool, batch norm and dropout masks, reached
 //! through circulant-model's public layers on f32 CUDA tensors) against the CPU custom ops on
 //! the same inputs: values and gradients, on odd sizes.
 //! Skips, printing why, when no CUDA device is usable; fails instead when
@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use circulant_kernels::testing::{assert_close, cuda_device};
-use circulant_model::{max_pool2d, max_pool2d_relu, BatchNorm2d};
+use circulant_model::{dropout, max_pool2d, max_pool2d_relu, BatchNorm2d};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -186,6 +186,50 @@ fn batch_norm_train_matches_the_cpu_op() -> TestResult {
             ("dbias", &gpu.dbias, &cpu.dbias, 1e-4),
         ] {
             assert_close(&case(what), &widen(got), &widen(want), tol);
+        }
+    }
+    Ok(())
+}
+
+/// Dropout masks drawn by the kernel are the CPU's, bit for bit (odd sizes, several rates and
+/// seeds, f32 and bf16 activations), and the mask passes the gradient as on the CPU.
+#[test]
+fn dropout_matches_the_cpu_op() -> TestResult {
+    let Some(gpu) = cuda_device() else {
+        return Ok(());
+    };
+    for (len, p, seed) in [
+        (1, 0.5, 0),
+        (1031, 0.5, 7),
+        (4097 * 3, 0.1, 99),
+        (257, 0.9, 1 << 40),
+    ] {
+        let values = uniform(len, seed);
+        for dtype in [DType::F32, DType::BF16] {
+            let run =
+                |device: &Device| -> Result<(Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
+                    let x = Var::from_vec(values.clone(), len, device)?;
+                    let y = dropout(&x.as_tensor().to_dtype(dtype)?, p, seed)?;
+                    let grads = y.to_dtype(DType::F32)?.sum_all()?.backward()?;
+                    let dx = grads.get(x.as_tensor()).ok_or("no gradient for x")?;
+                    Ok((host(&y)?, host(dx)?))
+                };
+            let (cpu, gpu_run) = (run(&Device::Cpu)?, run(&gpu)?);
+            let what = format!("len {len}, p {p}, seed {seed}, {dtype:?}");
+            // The same zeros (the mask's bits); f32 products equal, bf16 ones within rounding.
+            let zeros = |v: &[f32]| v.iter().map(|&a| a == 0.0).collect::<Vec<_>>();
+            assert_eq!(zeros(&cpu.0), zeros(&gpu_run.0), "mask, {what}");
+            assert_eq!(cpu.1, gpu_run.1, "dx, {what}");
+            if dtype == DType::F32 {
+                assert_eq!(cpu.0, gpu_run.0, "y, {what}");
+            } else {
+                assert_close(
+                    &format!("y, {what}"),
+                    &widen(&gpu_run.0),
+                    &widen(&cpu.0),
+                    1e-2,
+                );
+            }
         }
     }
     Ok(())
