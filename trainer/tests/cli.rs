@@ -89,9 +89,11 @@ fn train_eval_predict_info_on_synthetic_data() {
             assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k} in {r}");
         }
     }
+    // Chance is 0.1 (10 classes). Over seeds 1-8 the third epoch's validation accuracy ranged
+    // 0.50-1.00 (38 validation images), so 0.3 separates learning from chance with room.
     let last = &m[2];
     assert!(
-        last["val_acc"].as_f64().unwrap() > 0.5,
+        last["val_acc"].as_f64().unwrap() > 0.3,
         "did not learn: {last}"
     );
     assert!(last["train_loss"].as_f64().unwrap() < m[0]["train_loss"].as_f64().unwrap());
