@@ -18,18 +18,21 @@
 #   SKIP_NETS=1 ...                    # no whole-network comparison (scripts/bench-nets.sh
 #                                  # --device cuda: cifar-cnn and alexnet at batch 256, both heads,
 #                                  # f32 and bf16, ours built with and without cuDNN; NETS_STEPS
-#                                  # steps each, default 30), written to $OUT/nets/ with the
-#                                  # merged table of record $OUT/nets/nets.json
+#                                  # steps each, default 30), written to RESULTS/nets/ with the
+#                                  # merged table of record RESULTS/nets/nets.json
 # BENCH_TIMEOUT / TORCH_TIMEOUT (seconds, default 300 each) cap the two benchmark tables.
 #
 # The tests run with CIRCULANT_REQUIRE_CUDA=1: a test that finds no usable CUDA device fails
 # instead of skipping.
-# Results are also written under $OUT (or ./gpu-results) as markdown / logs.
+# Results are written under ./gpu-results (RESULTS_DIR overrides) as markdown, JSON and logs.
+# When OUT is set (the device runner's folder of files to bring back, at most 8 files and 2
+# folders deep), they are also packed into $OUT/gpu-results.tar.gz, with gpu.txt,
+# bench_cuda.md and nets.json beside it.
 # Never put the toolkit's libcuda stub on LD_LIBRARY_PATH here: libcuda.so.1 is the driver's.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target-gpu/bin}
-RESULTS=${OUT:-$ROOT/gpu-results}
+RESULTS=${RESULTS_DIR:-$ROOT/gpu-results}
 mkdir -p "$RESULTS"
 
 # The CUDA 13 user-space libraries: PyTorch's nvidia-* wheels (nvidia/cu13/lib, or one lib/
@@ -189,5 +192,11 @@ if [[ " $RUNS " == *" bf16 "* ]]; then
   echo "== bf16 against f32 accuracy (scripts/gpu-bf16-accuracy.sh)"
   bash "$ROOT/scripts/gpu-bf16-accuracy.sh" "$BIN/trainer" "${MNIST_DIR:--}" "${CIFAR_DIR:--}" \
     "$RESULTS/bf16" "${MNIST_EPOCHS:-5}" "${CIFAR_EPOCHS:-12}" || status=1
+fi
+if [[ -n ${OUT:-} ]]; then
+  tar -C "$(dirname "$RESULTS")" -czf "$OUT/gpu-results.tar.gz" "$(basename "$RESULTS")" || status=1
+  for f in gpu.txt bench_cuda.md nets/nets.json; do
+    [[ -f $RESULTS/$f ]] && cp "$RESULTS/$f" "$OUT/"
+  done
 fi
 exit $status
