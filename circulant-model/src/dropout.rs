@@ -36,15 +36,8 @@ fn mask(shape: &Shape, device: &Device, seed: u64, threshold: u32, scale: f32) -
     let len = shape.elem_count();
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = device {
-        use candle_core::{op::BackpropOp, CudaStorage, Storage};
         let m = kernels_cuda::dropout_mask(dev, len, seed, threshold, scale)?;
-        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(m, dev.clone()));
-        return Ok(Tensor::from_storage(
-            storage,
-            shape.clone(),
-            BackpropOp::none(),
-            false,
-        ));
+        return Ok(kernels_cuda::tensor_from_slice(m, dev, shape.clone()));
     }
     let values: Vec<f32> = (0..len)
         .into_par_iter()

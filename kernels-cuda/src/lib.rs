@@ -49,6 +49,6 @@ pub use optim::{update_in_place, SgdRule, Update};
 #[cfg(feature = "cuda")]
 pub use pool::keep_freed_memory;
 #[cfg(feature = "cuda")]
-pub use storage::contiguous_view;
+pub use storage::{contiguous_view, tensor_from_slice};
 #[cfg(feature = "cuda")]
 pub use upload::PinnedUpload;

@@ -1,8 +1,10 @@
-//! Access to the data of candle's CUDA storages, as the custom ops of the crates above get them.
+//! Access to the data of candle's CUDA storages, as the custom ops of the crates above get them,
+//! and tensors made from device buffers.
 
-use candle_core::cuda::cudarc::driver::CudaView;
-use candle_core::cuda::CudaStorage;
-use candle_core::{bail, Layout, Result};
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, Layout, Result, Shape, Storage, Tensor};
 
 use crate::dtype::FftFloat;
 
@@ -17,4 +19,15 @@ pub fn contiguous_view<'a, T: FftFloat>(
         bail!("{what}: expected a contiguous tensor, got layout {l:?}")
     };
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// A contiguous tensor of `shape` on `dev` owning `slice` (which holds `shape`'s elements), with
+/// no autograd history.
+pub fn tensor_from_slice<T: CudaDType>(
+    slice: CudaSlice<T>,
+    dev: &CudaDevice,
+    shape: impl Into<Shape>,
+) -> Tensor {
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone()));
+    Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }

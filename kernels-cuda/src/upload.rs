@@ -1,9 +1,9 @@
 //! Host-to-device copies of f32 batches through page-locked staging buffers.
 
 use candle_core::cuda::cudarc::driver::{
-    result, CudaEvent, CudaStream, DevicePtrMut, PinnedHostSlice,
+    result, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, PinnedHostSlice,
 };
-use candle_core::cuda::{CudaDevice, CudaStorage};
+use candle_core::cuda::CudaDevice;
 use candle_core::{Error, Result};
 
 /// A ring of page-locked host buffers through which f32 data goes to a CUDA device without the
@@ -53,9 +53,9 @@ impl PinnedUpload {
         }
     }
 
-    /// `data` in a new f32 storage on the device. The copy is queued on the stream; the host
-    /// waits only for the copy made from the same buffer `slots` uploads ago.
-    pub fn upload(&mut self, data: &[f32]) -> Result<CudaStorage> {
+    /// `data` in a new device buffer. The copy is queued on the stream; the host waits only for
+    /// the copy made from the same buffer `slots` uploads ago.
+    pub fn upload(&mut self, data: &[f32]) -> Result<CudaSlice<f32>> {
         let stream = self.device.cuda_stream();
         let k = self.next;
         self.next = (k + 1) % self.slots.len();
@@ -86,7 +86,7 @@ impl PinnedUpload {
             .record(&stream)
             .map_err(driver("recording the copy's event"))?;
         self.slots[k] = Some(slot);
-        Ok(CudaStorage::wrap_cuda_slice(dst, self.device.clone()))
+        Ok(dst)
     }
 }
 

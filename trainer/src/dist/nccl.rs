@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::backend::BackendStorage;
-use candle_core::op::BackpropOp;
-use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
+use candle_core::{CudaDevice, DType, Device, Storage, Tensor};
 use cudarc::driver::CudaContext;
 use cudarc::nccl::{result::NcclError, Comm, Id, ReduceOp};
 
@@ -100,14 +98,7 @@ impl Collective for NcclComm {
                 .all_reduce(&src, &mut out, &ReduceOp::Sum)
                 .map_err(nccl("ncclAllReduce"))?;
         }
-        let storage = CudaStorage::wrap_cuda_slice(out, self.device.clone());
-        debug_assert_eq!(storage.dtype(), DType::F32);
-        Ok(Tensor::from_storage(
-            Storage::Cuda(storage),
-            n,
-            BackpropOp::none(),
-            false,
-        ))
+        Ok(kernels_cuda::tensor_from_slice(out, &self.device, n))
     }
 }
 

@@ -42,11 +42,9 @@ impl Upload {
         }
         let dims = (images.len() / numel, shape.c, shape.h, shape.w);
         #[cfg(feature = "cuda")]
-        if let Some(pinned) = &mut self.pinned {
-            use candle_core::{op::BackpropOp, Storage};
-            let storage = pinned.upload(&images)?;
-            let x = Tensor::from_storage(Storage::Cuda(storage), dims, BackpropOp::none(), false);
-            return Ok(x);
+        if let (Some(pinned), Device::Cuda(dev)) = (&mut self.pinned, &self.device) {
+            let x = pinned.upload(&images)?;
+            return Ok(kernels_cuda::tensor_from_slice(x, dev, dims));
         }
         Ok(Tensor::from_vec(images, dims, &self.device)?)
     }
