@@ -7,32 +7,33 @@
 #
 # TRAINER: a trainer built with --features cuda; MNIST_DIR: the four idx .gz files; CIFAR_DIR:
 # the unpacked cifar10-jpeg folder (train/ and test/). Epochs default to 5 (MNIST) and 12
-# (CIFAR-10, the recipe of scripts/gpu-cifar.sh). Either dataset is skipped when its folder
-# is "-". Each run's metrics.jsonl and log land in RESULTS/<network>-<precision>/.
+# (CIFAR-10, run by scripts/gpu-cifar.sh with its recipe). Either dataset is skipped when its
+# folder is "-". Each run's metrics.jsonl and log land in RESULTS/mnist-cnn-<precision>/ and
+# RESULTS/cifar-cnn-<precision>/cifar-circulant/.
 set -uo pipefail
 TRAINER=$1 MNIST=$2 CIFAR=$3 RESULTS=$4
 MNIST_EPOCHS=${5:-5} CIFAR_EPOCHS=${6:-12}
 mkdir -p "$RESULTS"
 
 status=0
-runs=()
-train() { # network precision args...
-  local name=$1-$2 t0=$SECONDS
-  echo "== $name"
-  "$TRAINER" train --model "$1" --precision "$2" --head circulant --device cuda --seed 0 \
-    --no-progress --out "$RESULTS/$name" "${@:3}" >"$RESULTS/$name.log" 2>&1 || status=1
-  echo "gpu-bf16-accuracy: $name took $((SECONDS - t0)) s"
-  tail -3 "$RESULTS/$name.log"
-  rm -f "$RESULTS/$name"/*.safetensors
-  runs+=("$name")
-}
+runs=() # "name metrics-folder"
 for precision in f32 bf16; do
   if [[ $MNIST != - ]]; then
-    train mnist-cnn "$precision" --dataset mnist --data-dir "$MNIST" --epochs "$MNIST_EPOCHS"
+    name=mnist-cnn-$precision t0=$SECONDS
+    echo "== $name"
+    "$TRAINER" train --dataset mnist --data-dir "$MNIST" --model mnist-cnn --head circulant \
+      --precision "$precision" --device cuda --epochs "$MNIST_EPOCHS" --seed 0 --no-progress \
+      --out "$RESULTS/$name" >"$RESULTS/$name.log" 2>&1 || status=1
+    echo "gpu-bf16-accuracy: $name took $((SECONDS - t0)) s"
+    tail -3 "$RESULTS/$name.log"
+    rm -f "$RESULTS/$name"/*.safetensors
+    runs+=("$name" "$RESULTS/$name")
   fi
   if [[ $CIFAR != - ]]; then
-    train cifar-cnn "$precision" --dataset cifar10 --data-dir "$CIFAR" --epochs "$CIFAR_EPOCHS" \
-      --batch-size 128 --optimizer adamw --lr 0.001 --schedule cosine --min-crop-scale 0.5
+    name=cifar-cnn-$precision
+    HEADS=circulant PRECISION=$precision bash "$(dirname "$0")/gpu-cifar.sh" "$TRAINER" \
+      "$CIFAR" "$RESULTS/$name" "$CIFAR_EPOCHS" || status=1
+    runs+=("$name" "$RESULTS/$name/cifar-circulant")
   fi
 done
 
@@ -40,10 +41,10 @@ python3 - "$RESULTS" "${runs[@]}" <<'PY' || status=1
 import json, sys
 results, runs = sys.argv[1], sys.argv[2:]
 out = []
-for name in runs:
+for name, folder in zip(runs[::2], runs[1::2]):
     network, precision = name.rsplit("-", 1)
     try:
-        lines = [json.loads(l) for l in open(f"{results}/{name}/metrics.jsonl") if l.strip()]
+        lines = [json.loads(l) for l in open(f"{folder}/metrics.jsonl") if l.strip()]
     except OSError as e:
         sys.exit(f"gpu-bf16-accuracy: {name}: {e}")
     test = [l for l in lines if "test_acc" in l]

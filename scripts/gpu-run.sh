@@ -26,8 +26,10 @@
 # instead of skipping.
 # Results are written under ./gpu-results (RESULTS_DIR overrides) as markdown, JSON and logs.
 # When OUT is set (the device runner's folder of files to bring back, at most 8 files and 2
-# folders deep), they are also packed into $OUT/gpu-results.tar.gz, with gpu.txt,
-# bench_cuda.md and nets.json beside it.
+# folders deep), they are also packed into $OUT/gpu-results.tar.gz, with gpu.txt, times.txt
+# (each stage's end, in seconds from the start), bench_cuda.md, nets.json and bf16-accuracy.json
+# beside it, after every stage, so that a run stopped at the runner's limit still brings back
+# what it finished.
 # Never put the toolkit's libcuda stub on LD_LIBRARY_PATH here: libcuda.so.1 is the driver's.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,6 +74,19 @@ if [[ ! -d $BIN && -z ${1:-} && -f $PACK ]]; then
 fi
 
 status=0
+START=$SECONDS
+# Notes the stage's end in times.txt and, with OUT set, packs the results so far: a run stopped
+# at the runner's time limit still brings back every stage it finished.
+stage_done() {
+  echo "gpu-run: $1 done at $((SECONDS - START)) s, status $status" | tee -a "$RESULTS/times.txt"
+  [[ -n ${OUT:-} ]] || return 0
+  tar -C "$(dirname "$RESULTS")" -czf "$OUT/gpu-results.part" "$(basename "$RESULTS")" &&
+    mv "$OUT/gpu-results.part" "$OUT/gpu-results.tar.gz" || status=1
+  local f
+  for f in gpu.txt times.txt bench_cuda.md nets/nets.json bf16/bf16-accuracy.json; do
+    if [[ -f $RESULTS/$f ]]; then cp "$RESULTS/$f" "$OUT/"; fi
+  done
+}
 for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers trainer_unit \
   nccl_training bench_cuda trainer trainer_cudnn; do
   if [[ ! -x $BIN/$b ]]; then
@@ -115,6 +130,7 @@ for t in trainer_optim trainer_upload trainer_nccl nccl_training; do
     status=1
   fi
 done
+stage_done "tests"
 
 if [[ -z ${SKIP_BENCH:-} ]]; then
   echo "== bench_cuda"
@@ -137,6 +153,7 @@ if [[ -z ${SKIP_BENCH:-} ]]; then
   else
     echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
   fi
+  stage_done "op tables"
 fi
 if [[ -z ${SKIP_NETS:-} ]]; then
   # Whole networks, ours vs PyTorch on this card (issue: GPU training at PyTorch speed); bf16
@@ -154,6 +171,7 @@ if [[ -z ${SKIP_NETS:-} ]]; then
         --python python3 --trainer "$trainer" --steps "${NETS_STEPS:-30}" \
         --cases cifar-cnn:256,alexnet:256 --heads dense,circulant --out "$NETS/$build" 2>&1 |
         tee "$NETS/$build-$precision.log"
+      stage_done "nets $build $precision"
       json=$(ls "$NETS/$build"/nets-*-cuda$([[ $precision == bf16 ]] && echo -bf16).json 2>/dev/null | tail -1)
       if [[ -n $json ]]; then files+=("$json"); variants+=("$build"); else status=1; fi
     done
@@ -162,12 +180,14 @@ if [[ -z ${SKIP_NETS:-} ]]; then
     python3 "$ROOT/bench/nets_table.py" card --json "${files[@]}" --variant "${variants[@]}" \
       --out "$NETS/nets.json" || status=1
   fi
+  stage_done "nets table"
 fi
 RUNS=${TRAIN_RUNS:-${CIFAR_DIR:+heads}}
 if [[ " $RUNS " == *" heads "* ]]; then
   echo "== CIFAR-10 cifar-cnn on the card (scripts/gpu-cifar.sh)"
   bash "$ROOT/scripts/gpu-cifar.sh" "$BIN/trainer" "$CIFAR_DIR" "$RESULTS/cifar" \
     "${CIFAR_EPOCHS:-12}" || status=1
+  stage_done "heads"
 fi
 if [[ " $RUNS " == *" loader "* ]]; then
   # The real loader (JPEG decoding, augmentation, upload) against `trainer bench` on a batch
@@ -187,16 +207,13 @@ train = epochs[-1]["images_per_sec"]
 print(f"loader: trainer train {train:.0f} img/s (epoch {len(epochs)}), trainer bench {bench:.0f}"
       f" img/s: {100 * train / bench:.0f}%")
 PY
+  stage_done "loader"
 fi
 if [[ " $RUNS " == *" bf16 "* ]]; then
   echo "== bf16 against f32 accuracy (scripts/gpu-bf16-accuracy.sh)"
   bash "$ROOT/scripts/gpu-bf16-accuracy.sh" "$BIN/trainer" "${MNIST_DIR:--}" "${CIFAR_DIR:--}" \
     "$RESULTS/bf16" "${MNIST_EPOCHS:-5}" "${CIFAR_EPOCHS:-12}" || status=1
+  stage_done "bf16"
 fi
-if [[ -n ${OUT:-} ]]; then
-  tar -C "$(dirname "$RESULTS")" -czf "$OUT/gpu-results.tar.gz" "$(basename "$RESULTS")" || status=1
-  for f in gpu.txt bench_cuda.md nets/nets.json; do
-    [[ -f $RESULTS/$f ]] && cp "$RESULTS/$f" "$OUT/"
-  done
-fi
+stage_done "all"
 exit $status
