@@ -107,10 +107,14 @@ struct Geom {
 }
 
 impl Geom {
+    /// The number of planes (`N·C`) and the geometry of `(N, C, H, W)` input `dims`.
     fn new(dims: &[usize], k: usize, s: usize) -> candle_core::Result<(usize, Self)> {
         let &[n, c, h, w] = dims else {
             candle_core::bail!("max pool: expected (N, C, H, W), got {dims:?}")
         };
+        if k == 0 || s == 0 || h < k || w < k {
+            candle_core::bail!("max pool: a {k}x{k} window, stride {s}, over {dims:?}")
+        }
         let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
         Ok((n * c, Self { h, w, oh, ow, k, s }))
     }
@@ -358,6 +362,22 @@ mod tests {
                 assert_eq!(host(&fused), host(&reference), "{h}x{w} k{k} s{s}");
                 assert_eq!(grad_of(&fused), grad_of(&reference), "{h}x{w} k{k} s{s}");
             }
+        }
+    }
+
+    /// The op's own geometry refuses what `pool` refuses, so no call reaches it with a window
+    /// larger than the input.
+    #[test]
+    fn geometry_refuses_windows_that_do_not_fit() {
+        assert!(Geom::new(&[2, 3, 8, 8], 3, 2).is_ok());
+        for (dims, k, s) in [
+            (&[1, 1, 2, 8][..], 3, 1),
+            (&[1, 1, 8, 2][..], 3, 1),
+            (&[1, 1, 8, 8][..], 0, 1),
+            (&[1, 1, 8, 8][..], 2, 0),
+            (&[1, 8, 8][..], 2, 2),
+        ] {
+            assert!(Geom::new(dims, k, s).is_err(), "{dims:?} k{k} s{s}");
         }
     }
 }

@@ -1,19 +1,17 @@
 //! The max pool op on f32 CUDA tensors: kernels-cuda's forward and backward kernels.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, Layout, Result, Shape};
 use kernels_cuda::PoolDims;
 
 use crate::cuda::f32_view;
 
 fn pool_dims(l: &Layout, k: usize, stride: usize) -> Result<PoolDims> {
-    let &[n, c, h, w] = l.dims() else {
-        bail!("max pool: expected (N, C, H, W), got {:?}", l.dims())
-    };
+    let (planes, g) = super::Geom::new(l.dims(), k, stride)?;
     Ok(PoolDims {
-        planes: n * c,
-        h,
-        w,
+        planes,
+        h: g.h,
+        w: g.w,
         k,
         stride,
     })
