@@ -76,9 +76,6 @@ TABLE="$ROOT/bench/nets_table.py"
 [[ -f $TORCH_TRAIN && -f $TABLE ]] || die "missing $TORCH_TRAIN or $TABLE"
 
 mkdir -p "$OUT"
-DATE=$(date -u +%Y-%m-%d)
-SUFFIX=$([[ $PRECISION == f32 ]] && echo "" || echo "-$PRECISION")
-BASE="$OUT/nets-$DATE-$DEVICE$SUFFIX"
 RAWDIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-nets.XXXXXX")
 RAW="$RAWDIR/raw.jsonl"
 : >"$RAW"
@@ -138,6 +135,9 @@ done
 LOAD_END=$(uptime | sed 's/.*load average: //')
 
 STEPS_TEXT="$(IFS=';'; echo "${STEPS_DESC[*]}" | sed 's/;/; /g') (measured, train and infer each)"
+# Named for the date the table is made, which is the date written in it.
+SUFFIX=$([[ $PRECISION == f32 ]] && echo "" || echo "-$PRECISION")
+BASE="$OUT/nets-$(date -u +%Y-%m-%d)-$DEVICE$SUFFIX"
 rc=0
 "$PY" "$TABLE" build --raw "$RAW" --json "$BASE.json" --md "$BASE.md" --device "$DEVICE" \
     --precision "$PRECISION" --threads "$THREADS" --steps "$STEPS_TEXT" \
