@@ -1,7 +1,7 @@
 //! Host-to-device copies of f32 batches through page-locked staging buffers.
 
 use candle_core::cuda::cudarc::driver::{
-    result, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, PinnedHostSlice,
+    result, sys, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, PinnedHostSlice,
 };
 use candle_core::cuda::CudaDevice;
 use candle_core::{Error, Result};
@@ -34,7 +34,8 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         // The device may still be reading the buffer: wait before it is freed. (cudarc's own
-        // event in `host` records nothing on a one-stream context.)
+        // event in `host` is never recorded: the copy is queued by `memcpy_htod_async`, not
+        // through cudarc's `HostSlice`.)
         let _ = self.copied.synchronize();
     }
 }
@@ -97,7 +98,11 @@ impl Slot {
         // SAFETY: the buffer is written before any read.
         let host = unsafe { ctx.alloc_pinned::<f32>(len.max(1)) }
             .map_err(driver("allocating a page-locked staging buffer"))?;
-        let copied = ctx.new_event(None).map_err(driver("creating an event"))?;
+        // A blocking-sync event: a host waiting for the device sleeps instead of spinning a
+        // core that the data loader's threads could use.
+        let copied = ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+            .map_err(driver("creating an event"))?;
         Ok(Slot { host, copied })
     }
 }

@@ -81,15 +81,25 @@ mod tests {
             return Ok(());
         };
         let mut up = Upload::new(&device);
-        // Queue a few large products first, so that the copies wait behind them.
+        // Queue large products first (about 2 TFLOP, tens of ms on an H200), so that the
+        // copies wait behind them.
         let a = Tensor::ones((2048, 2048), candle_core::DType::F32, &device)?;
         let mut busy = a.clone();
-        for _ in 0..8 {
+        for _ in 0..128 {
             busy = busy.matmul(&a)?.affine(1.0 / 2048.0, 0.0)?;
         }
+        let busy_done = device.as_cuda_device()?.cuda_stream().record_event(None)?;
         let sizes = [4, 4, 9, 1, 4, 16, 2, 9, 3];
         let mut sent = Vec::new();
         for (k, &n) in sizes.iter().enumerate() {
+            if k == 3 {
+                // The ring is full: the refills from here on test something only if the device
+                // has not yet reached the first copy.
+                assert!(
+                    !busy_done.try_is_complete()?,
+                    "the device finished its queued work before the first refill: queue more"
+                );
+            }
             let host = batch(n, 1000.0 * k as f32);
             sent.push((up.images(host.clone(), SHAPE)?, host));
         }
