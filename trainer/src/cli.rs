@@ -274,8 +274,8 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     pub no_dropout: bool,
     /// Training arithmetic: f32, or bf16 mixed precision (bf16 activations, convolutions and
-    /// dense products; f32 weights, optimizer state, batch norms, circulant transforms, loss,
-    /// evaluation and checkpoints). bf16 needs a CUDA device [default: f32]
+    /// dense products; f32 weights, optimizer state, batch norms, max pools, circulant
+    /// transforms, loss, evaluation and checkpoints). bf16 needs a CUDA device [default: f32]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
 }
