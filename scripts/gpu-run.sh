@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine (NVIDIA driver >= 580, PyTorch with CUDA 13 wheels), from the repository
-# root: runs the CUDA tests and the GPU benchmark built by scripts/gpu-bench.sh, then the
-# PyTorch comparison (bench/torch_circulant.py) on the same card.
+# root, with the binaries built by scripts/gpu-bench.sh, in this order: the CUDA tests, the
+# whole networks against PyTorch, the op's table (bench_cuda) and PyTorch's
+# (bench/torch_circulant.py) on the same card, then the training runs asked for.
 #
 #   scripts/gpu-run.sh [BIN_DIR]   # BIN_DIR defaults to target-gpu/bin (unpacked from
 #                                  # target-gpu/bin.tar.xz when missing)
@@ -133,29 +134,6 @@ for t in trainer_optim trainer_upload trainer_nccl nccl_training; do
 done
 stage_done "tests"
 
-if [[ -z ${SKIP_BENCH:-} ]]; then
-  echo "== bench_cuda"
-  # shellcheck disable=SC2086
-  timeout "${BENCH_TIMEOUT:-300}" "$BIN/bench_cuda" ${BENCH_ARGS:-} | tee "$RESULTS/bench_cuda.md" || status=1
-
-  if [[ -f $ROOT/bench/torch_circulant.py ]]; then
-    # Correctness on the card first, then the same table as bench_cuda (TORCH_ARGS overrides).
-    if [[ ${BENCH_ARGS:-} == *--quick* ]]; then
-      DEFAULT_TORCH_ARGS="--quick --batches 1,128"
-    else
-      DEFAULT_TORCH_ARGS="--batches 1,128,1024 --max-dense-gib 20 --max-seconds-per-case 5"
-    fi
-    echo "== bench/torch_circulant.py --device cuda --check"
-    python3 "$ROOT/bench/torch_circulant.py" --device cuda --check 2>&1 | tee "$RESULTS/torch_check.log" || status=1
-    echo "== bench/torch_circulant.py --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS}"
-    # shellcheck disable=SC2086
-    timeout "${TORCH_TIMEOUT:-300}" python3 "$ROOT/bench/torch_circulant.py" --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS} \
-      --json "$RESULTS/torch_circulant.json" | tee "$RESULTS/torch_circulant.md" || status=1
-  else
-    echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
-  fi
-  stage_done "op tables"
-fi
 if [[ -z ${SKIP_NETS:-} ]]; then
   # Whole networks, ours vs PyTorch on this card (issue: GPU training at PyTorch speed); bf16
   # is ours `--precision bf16` against PyTorch's autocast.
@@ -182,6 +160,29 @@ if [[ -z ${SKIP_NETS:-} ]]; then
       --out "$NETS/nets.json" || status=1
   fi
   stage_done "nets table"
+fi
+if [[ -z ${SKIP_BENCH:-} ]]; then
+  echo "== bench_cuda"
+  # shellcheck disable=SC2086
+  timeout "${BENCH_TIMEOUT:-300}" "$BIN/bench_cuda" ${BENCH_ARGS:-} | tee "$RESULTS/bench_cuda.md" || status=1
+
+  if [[ -f $ROOT/bench/torch_circulant.py ]]; then
+    # Correctness on the card first, then the same table as bench_cuda (TORCH_ARGS overrides).
+    if [[ ${BENCH_ARGS:-} == *--quick* ]]; then
+      DEFAULT_TORCH_ARGS="--quick --batches 1,128"
+    else
+      DEFAULT_TORCH_ARGS="--batches 1,128,1024 --max-dense-gib 20 --max-seconds-per-case 5"
+    fi
+    echo "== bench/torch_circulant.py --device cuda --check"
+    python3 "$ROOT/bench/torch_circulant.py" --device cuda --check 2>&1 | tee "$RESULTS/torch_check.log" || status=1
+    echo "== bench/torch_circulant.py --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS}"
+    # shellcheck disable=SC2086
+    timeout "${TORCH_TIMEOUT:-300}" python3 "$ROOT/bench/torch_circulant.py" --device cuda ${TORCH_ARGS:-$DEFAULT_TORCH_ARGS} \
+      --json "$RESULTS/torch_circulant.json" | tee "$RESULTS/torch_circulant.md" || status=1
+  else
+    echo "gpu-run: bench/torch_circulant.py not found; no PyTorch comparison"
+  fi
+  stage_done "op tables"
 fi
 RUNS=${TRAIN_RUNS:-${CIFAR_DIR:+heads}}
 if [[ " $RUNS " == *" heads "* ]]; then
