@@ -88,3 +88,103 @@ fn first_gradients_are_stored_contiguous() -> Result<()> {
     assert_eq!(g.to_vec2::<f64>()?, c.t()?.to_vec2::<f64>()?);
     Ok(())
 }
+
+/// `conv2d(x, w)`'s gradients of `sum(conv2d(x, w) · r)` against direct sums in f64: the input
+/// gradient of stride-1 convolutions (a conv2d with the flipped, transposed kernel in the
+/// patched backward) and of strided ones (conv_transpose2d), and the kernel gradient, for odd
+/// sizes and every padding below the kernel size; an input that needs no gradient gets none.
+#[test]
+fn conv2d_gradients_match_direct_sums() -> Result<()> {
+    let dev = Device::Cpu;
+    let cases = [
+        // (n, c_in, c_out, h, w, k, padding, stride)
+        (2, 3, 4, 7, 9, 3, 0, 1),
+        (2, 3, 4, 7, 9, 3, 1, 1),
+        (2, 3, 4, 7, 9, 3, 2, 1),
+        (1, 2, 5, 8, 6, 5, 2, 1),
+        (1, 2, 5, 8, 6, 5, 4, 1),
+        (2, 1, 3, 5, 5, 1, 0, 1),
+        (2, 3, 2, 9, 11, 3, 1, 2),
+        (1, 2, 3, 11, 11, 5, 2, 3),
+    ];
+    for (case, &(n, ci, co, h, w, k, p, s)) in cases.iter().enumerate() {
+        let seed = 10 * case as u64;
+        let xs = random(&[n, ci, h, w], seed + 1);
+        let ws = random(&[co, ci, k, k], seed + 2);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let rs = random(&[n, co, oh, ow], seed + 3);
+        let x = Var::from_vec(xs.clone(), (n, ci, h, w), &dev)?;
+        let wt = Var::from_vec(ws.clone(), (co, ci, k, k), &dev)?;
+        let r = Tensor::from_vec(rs.clone(), (n, co, oh, ow), &dev)?;
+        let grads = (x.conv2d(&wt, p, s, 1, 1)? * &r)?.sum_all()?.backward()?;
+
+        let (mut dx, mut dw) = (vec![0f64; xs.len()], vec![0f64; ws.len()]);
+        for (b, o, y, xo, c, ky, kx) in conv_terms(n, co, oh, ow, ci, k) {
+            let (iy, ix) = (
+                (y * s + ky) as isize - p as isize,
+                (xo * s + kx) as isize - p as isize,
+            );
+            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                continue;
+            }
+            let xi = ((b * ci + c) * h + iy as usize) * w + ix as usize;
+            let wi = ((o * ci + c) * k + ky) * k + kx;
+            let g = rs[((b * co + o) * oh + y) * ow + xo];
+            dx[xi] += g * ws[wi];
+            dw[wi] += g * xs[xi];
+        }
+        for (name, var, want) in [("x", &x, &dx), ("w", &wt, &dw)] {
+            let got = grads.get(var.as_tensor()).expect("a gradient");
+            assert_eq!(got.dims(), var.dims(), "case {case}: d{name} shape");
+            for (i, (g, e)) in got
+                .flatten_all()?
+                .to_vec1::<f64>()?
+                .iter()
+                .zip(want)
+                .enumerate()
+            {
+                assert!(
+                    (g - e).abs() < 1e-9,
+                    "case {case}: d{name}[{i}] {g}, expected {e}"
+                );
+            }
+        }
+
+        let images = Tensor::from_vec(xs, (n, ci, h, w), &dev)?;
+        let grads = images.conv2d(&wt, p, s, 1, 1)?.sum_all()?.backward()?;
+        assert!(
+            grads.get(&images).is_none(),
+            "case {case}: a gradient for plain data"
+        );
+        assert!(
+            grads.get(wt.as_tensor()).is_some(),
+            "case {case}: no kernel gradient"
+        );
+    }
+    Ok(())
+}
+
+/// Every `(image, out channel, out y, out x, in channel, ky, kx)`.
+fn conv_terms(
+    n: usize,
+    co: usize,
+    oh: usize,
+    ow: usize,
+    ci: usize,
+    k: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize, usize)> {
+    (0..n * co * oh * ow * ci * k * k).map(move |mut i| {
+        let kx = i % k;
+        i /= k;
+        let ky = i % k;
+        i /= k;
+        let c = i % ci;
+        i /= ci;
+        let x = i % ow;
+        i /= ow;
+        let y = i % oh;
+        i /= oh;
+        let o = i % co;
+        (i / co, o, y, x, c, ky, kx)
+    })
+}

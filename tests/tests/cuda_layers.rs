@@ -1,13 +1,14 @@
 //! The GPU kernels of the training layers (kernels-cuda's max pool, batch norm and dropout masks, reached
-//! through circulant-model's public layers on f32 CUDA tensors) against the CPU custom ops on
-//! the same inputs: values and gradients, on odd sizes.
+//! through circulant-model's public layers on f32 CUDA tensors) and the convolution (candle's,
+//! with vendor/candle-core's backward) against the CPU custom ops on the same inputs: values and
+//! gradients, on odd sizes.
 //! Skips, printing why, when no CUDA device is usable; fails instead when
 //! `CIRCULANT_REQUIRE_CUDA=1`.
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor, Var};
 use circulant_kernels::testing::{assert_close, cuda_device};
-use circulant_model::{dropout, max_pool2d, max_pool2d_relu, BatchNorm2d};
+use circulant_model::{dropout, max_pool2d, max_pool2d_relu, BatchNorm2d, Conv2dLayer};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -230,6 +231,106 @@ fn dropout_matches_the_cpu_op() -> TestResult {
                     1e-2,
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// One convolution's inputs, weights and output weights `wts` (the loss is `sum(conv(x) · wts)`).
+struct ConvCase<'a> {
+    x: &'a [f32],
+    x_dims: (usize, usize, usize, usize),
+    /// Whether `x` asks for a gradient (not for plain images).
+    track_x: bool,
+    weight: &'a [f32],
+    bias: &'a [f32],
+    k: usize,
+    padding: usize,
+    stride: usize,
+    wts: &'a [f32],
+}
+
+/// `(y, dx, dweight, dbias)`, `dx` empty when `x` asks for no gradient.
+type ConvGrads = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn conv_on(device: &Device, c: &ConvCase) -> Result<ConvGrads, Box<dyn std::error::Error>> {
+    let xv = Var::from_vec(c.x.to_vec(), c.x_dims, device)?;
+    let x = if c.track_x {
+        xv.as_tensor().clone()
+    } else {
+        xv.as_detached_tensor()
+    };
+    let w_dims = (c.bias.len(), c.x_dims.1, c.k, c.k);
+    let weight = Var::from_vec(c.weight.to_vec(), w_dims, device)?;
+    let bias = Var::from_vec(c.bias.to_vec(), c.bias.len(), device)?;
+    let conv = Conv2dLayer::new(weight.clone(), bias.clone(), c.padding, c.stride)?;
+    let y = conv.forward(&x)?;
+    let wts = Tensor::from_slice(c.wts, y.dims(), device)?;
+    let grads = (&y * &wts)?.sum_all()?.backward()?;
+    let dx = match grads.get(xv.as_tensor()) {
+        Some(dx) => host(dx)?,
+        None => Vec::new(),
+    };
+    let dw = host(grads.get(weight.as_tensor()).ok_or("no weight gradient")?)?;
+    let db = host(grads.get(bias.as_tensor()).ok_or("no bias gradient")?)?;
+    Ok((host(&y)?, dx, dw, db))
+}
+
+/// A convolution on the GPU (candle's conv2d; its input gradient a conv2d with the flipped
+/// kernel at stride 1, conv_transpose2d otherwise) against the CPU op: stride 1 with 3×3 and
+/// 5×5 kernels and several paddings, a strided 3×3, and an AlexNet-like 11×11 stride-4 first
+/// layer on plain images (no input gradient on either device). Loose tolerance: cuDNN may
+/// compute f32 convolutions in TF32.
+#[test]
+fn convolution_matches_the_cpu_op() -> TestResult {
+    let Some(dev) = cuda_device() else {
+        return Ok(());
+    };
+    for (i, &(n, ci, co, h, w, k, p, s, track_x)) in [
+        (2, 3, 8, 9, 11, 3, 1, 1, true),
+        (2, 4, 6, 13, 13, 5, 2, 1, true),
+        (1, 5, 4, 8, 7, 3, 0, 1, true),
+        (3, 16, 24, 12, 12, 3, 1, 1, true),
+        (2, 3, 4, 15, 15, 3, 1, 2, true),
+        (2, 3, 4, 31, 31, 11, 2, 4, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 1000 + 10 * i as u64;
+        let centred = |len: usize, seed: u64| -> Vec<f32> {
+            uniform(len, seed).iter().map(|u| u - 0.5).collect()
+        };
+        let x = centred(n * ci * h * w, seed);
+        let wt = centred(co * ci * k * k, seed + 1);
+        let b = centred(co, seed + 2);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let wts = centred(n * co * oh * ow, seed + 3);
+        let case = format!("{n}x{ci}x{h}x{w} -> {co}, k{k} p{p} s{s}");
+        let c = ConvCase {
+            x: &x,
+            x_dims: (n, ci, h, w),
+            track_x,
+            weight: &wt,
+            bias: &b,
+            k,
+            padding: p,
+            stride: s,
+            wts: &wts,
+        };
+        let (gpu, cpu) = (conv_on(&dev, &c)?, conv_on(&Device::Cpu, &c)?);
+        assert_eq!(
+            gpu.1.len(),
+            cpu.1.len(),
+            "{case}: input gradient present on one side only"
+        );
+        for (what, g, c) in [
+            ("output", &gpu.0, &cpu.0),
+            ("input gradient", &gpu.1, &cpu.1),
+            ("weight gradient", &gpu.2, &cpu.2),
+            ("bias gradient", &gpu.3, &cpu.3),
+        ] {
+            assert_close(&format!("{case}: {what}"), &widen(g), &widen(c), 1e-2);
         }
     }
     Ok(())

@@ -266,21 +266,38 @@ impl Tensor {
                         stride,
                         dilation,
                     } => {
-                        // The output height for conv_transpose2d is:
-                        // (i_h - 1) * stride - 2 * padding + dilation * (k_h - 1) + out_padding + 1
-                        let grad_h = grad.dim(2)?;
-                        let k_h = kernel.dim(2)?;
-                        let out_size =
-                            (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
-                        let out_padding = arg.dim(2)? - out_size;
-                        let grad_arg = grad.conv_transpose2d(
-                            kernel,
-                            *padding,
-                            out_padding,
-                            *stride,
-                            *dilation,
-                        )?;
-                        grads.accumulate(arg, &grad_arg)?;
+                        // No gradient for an input that needs none (e.g. the images).
+                        if arg.track_op() {
+                            let (_, _, k_h, k_w) = kernel.dims4()?;
+                            let grad_arg = if *stride == 1
+                                && *dilation == 1
+                                && k_h == k_w
+                                && *padding < k_h
+                            {
+                                // A stride-1 convolution's input gradient is the convolution
+                                // of the output gradient with the flipped, transposed kernel,
+                                // padded by k - 1 - padding: the fast conv2d kernels (im2col
+                                // and a matmul, or cuDNN) instead of conv_transpose2d's naive
+                                // CUDA kernel.
+                                let flipped = kernel.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+                                grad.conv2d(&flipped, k_h - 1 - padding, 1, 1, 1)?
+                            } else {
+                                // The output height for conv_transpose2d is:
+                                // (i_h - 1) * stride - 2 * padding + dilation * (k_h - 1) + out_padding + 1
+                                let grad_h = grad.dim(2)?;
+                                let out_size =
+                                    (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
+                                let out_padding = arg.dim(2)? - out_size;
+                                grad.conv_transpose2d(
+                                    kernel,
+                                    *padding,
+                                    out_padding,
+                                    *stride,
+                                    *dilation,
+                                )?
+                            };
+                            grads.accumulate(arg, &grad_arg)?;
+                        }
 
                         let grad_kernel = arg
                             .transpose(0, 1)?
