@@ -279,7 +279,8 @@ impl Tensor {
                                 // padded by k - 1 - padding: the fast conv2d kernels (im2col
                                 // and a matmul, or cuDNN) instead of conv_transpose2d's naive
                                 // CUDA kernel.
-                                let flipped = kernel.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+                                let flipped = reversed(&reversed(kernel, 2)?, 3)?;
+                                let flipped = flipped.transpose(0, 1)?.contiguous()?;
                                 grad.conv2d(&flipped, k_h - 1 - padding, 1, 1, 1)?
                             } else {
                                 // The output height for conv_transpose2d is:
@@ -680,6 +681,16 @@ impl Tensor {
         }
         Ok(grads)
     }
+}
+
+/// `t` reversed along `dim`, from views and one concatenation: `Tensor::flip` uploads an index
+/// tensor, and a copy from pageable host memory can make the host wait for a GPU.
+fn reversed(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let parts = (0..t.dim(dim)?)
+        .rev()
+        .map(|i| t.narrow(dim, i, 1))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, dim)
 }
 
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
