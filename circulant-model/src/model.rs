@@ -96,8 +96,8 @@ impl Model {
     /// Mixed precision: [`Model::forward`] with the activations, convolutions and dense products
     /// in `compute` (`BF16` or `F16`; `F32` is [`Model::forward`]), each f32 weight cast to it
     /// where it is used (its gradient comes back in f32); batch norms, max pools, circulant
-    /// transforms and the returned logits stay f32. On the CPU the half-precision layers run candle's generic
-    /// kernels: the mode is meant for GPUs.
+    /// transforms and the returned logits stay f32. On the CPU the half-precision layers run
+    /// candle's generic kernels: the mode is meant for GPUs.
     pub fn forward_mixed(&self, x: &Tensor, mode: Mode, compute: DType) -> Result<Tensor> {
         if !matches!(compute, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::InvalidConfig(format!(
