@@ -150,9 +150,9 @@ if [[ -z ${SKIP_NETS:-} ]]; then
         --python python3 --trainer "$trainer" --steps "${NETS_STEPS:-30}" \
         --cases cifar-cnn:256,alexnet:256 --heads dense,circulant --out "$NETS/$build" 2>&1 |
         tee "$NETS/$build-$precision.log"
-      stage_done "nets $build $precision"
       json=$(ls "$NETS/$build"/nets-*-cuda$([[ $precision == bf16 ]] && echo -bf16).json 2>/dev/null | tail -1)
       if [[ -n $json ]]; then files+=("$json"); variants+=("$build"); else status=1; fi
+      stage_done "nets $build $precision"
     done
   done
   if ((${#files[@]})); then
