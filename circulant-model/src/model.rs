@@ -193,13 +193,13 @@ impl Model {
                 Layer::BatchNorm { bn, .. } => bn.forward(&h, train)?,
                 Layer::MaxPool { k, stride } if next_is_relu => {
                     skip = 1;
-                    pool_f32(&h, *k, *stride, true)?
+                    max_pool2d_relu(&h, *k, *stride)?
                 }
-                Layer::MaxPool { k, stride } => pool_f32(&h, *k, *stride, false)?,
+                Layer::MaxPool { k, stride } => max_pool2d(&h, *k, *stride)?,
                 Layer::Relu => match self.layers.get(i + 1) {
                     Some(Layer::MaxPool { k, stride }) => {
                         skip = 1;
-                        pool_f32(&h, *k, *stride, true)?
+                        max_pool2d_relu(&h, *k, *stride)?
                     }
                     _ => h.relu()?,
                 },
@@ -354,19 +354,6 @@ impl Model {
     }
 }
 
-/// Max pool of `h` (ReLU fused with `relu`) in f32, cast back to `h`'s dtype. In mixed
-/// precision this keeps the f32 op and its gradient, which goes to each window's first maximum;
-/// candle's ops, which a bf16 input would take, share it among tied maxima, frequent in bf16.
-fn pool_f32(h: &Tensor, k: usize, stride: usize, relu: bool) -> Result<Tensor> {
-    let x = h.to_dtype(DType::F32)?;
-    let y = if relu {
-        max_pool2d_relu(&x, k, stride)?
-    } else {
-        max_pool2d(&x, k, stride)?
-    };
-    Ok(y.to_dtype(h.dtype())?)
-}
-
 fn build_layer(spec: &LayerSpec, config: &ModelConfig, b: &mut Builder) -> Result<Layer> {
     Ok(match *spec {
         LayerSpec::Conv {
@@ -429,31 +416,4 @@ fn build_layer(spec: &LayerSpec, config: &ModelConfig, b: &mut Builder) -> Resul
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    /// A half-precision input with tied maxima: each window's gradient reaches one element, as
-    /// in f32, not every tied one.
-    #[test]
-    fn half_precision_pool_sends_each_gradient_to_one_maximum() -> Result<()> {
-        let x = Var::from_tensor(&Tensor::ones((1, 2, 4, 4), DType::F32, &Device::Cpu)?)?;
-        for relu in [false, true] {
-            let y = pool_f32(&x.to_dtype(DType::F16)?, 2, 2, relu)?;
-            assert_eq!(y.dtype(), DType::F16);
-            let grads = y.to_dtype(DType::F32)?.sum_all()?.backward()?;
-            let g = grads
-                .get(&x)
-                .expect("gradient")
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            // 2 planes of 2x2 windows: 8 ones, the rest zeros.
-            assert_eq!(g.iter().filter(|&&v| v == 1.0).count(), 8, "{g:?}");
-            assert_eq!(g.iter().filter(|&&v| v == 0.0).count(), 24, "{g:?}");
-        }
-        Ok(())
-    }
 }

@@ -3,9 +3,9 @@
 //! candle's `max_pool2d` has no backward for overlapping windows (AlexNet's 3/2) and scales the
 //! gradient by `1/k²` otherwise, so it is not used. The custom op runs on f32 CPU tensors and,
 //! with the `cuda` feature, f32 CUDA tensors (kernels-cuda's max pool kernels, one launch per
-//! pass); other tensors use candle ops.
+//! pass); f16 and bf16 tensors are pooled in f32; other tensors use candle ops.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{f32_slice, use_cpu_op};
@@ -30,6 +30,12 @@ pub fn max_pool2d_relu(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
 
 fn pool(x: &Tensor, k: usize, stride: usize, relu: bool) -> Result<Tensor> {
     check(x, k, stride)?;
+    if matches!(x.dtype(), DType::F16 | DType::BF16) {
+        // The f32 op, so that the gradient still goes to the first maximum: candle's ops share
+        // it among tied maxima, frequent at half precision.
+        let y = pool(&x.to_dtype(DType::F32)?, k, stride, relu)?;
+        return Ok(y.to_dtype(x.dtype())?);
+    }
     if use_cpu_op(x) || use_cuda_op(x) {
         Ok(x.contiguous()?.apply_op1(MaxPool { k, stride, relu })?)
     } else if relu {
@@ -379,5 +385,40 @@ mod tests {
         ] {
             assert!(Geom::new(dims, k, s).is_err(), "{dims:?} k{k} s{s}");
         }
+    }
+
+    /// Half-precision inputs with tied maxima: each window's gradient reaches one element, as
+    /// in f32, not every tied one.
+    #[test]
+    fn half_precision_sends_each_gradient_to_one_maximum() -> Result<()> {
+        let x = Var::from_tensor(&Tensor::ones((1, 2, 4, 4), DType::F32, &Device::Cpu)?)?;
+        for (dtype, relu) in [
+            (DType::F16, false),
+            (DType::F16, true),
+            (DType::BF16, false),
+        ] {
+            let h = x.to_dtype(dtype)?;
+            let y = if relu {
+                max_pool2d_relu(&h, 2, 2)?
+            } else {
+                max_pool2d(&h, 2, 2)?
+            };
+            assert_eq!(y.dtype(), dtype);
+            let grads = y.to_dtype(DType::F32)?.sum_all()?.backward()?;
+            let g = grads.get(&x).expect("gradient");
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            // 2 planes of 2x2 windows: 8 ones, the rest zeros.
+            assert_eq!(
+                g.iter().filter(|&&v| v == 1.0).count(),
+                8,
+                "{dtype:?}: {g:?}"
+            );
+            assert_eq!(
+                g.iter().filter(|&&v| v == 0.0).count(),
+                24,
+                "{dtype:?}: {g:?}"
+            );
+        }
+        Ok(())
     }
 }
