@@ -11,7 +11,8 @@
 # data-parallel training), trainer_unit (the trainer's unit tests, with the NCCL all-reduce test
 # and the fused optimizer kernels vs the CPU ops)
 # and nccl_training (trainer/tests/nccl.rs: 2 ranks vs 1, run with TRAINER_BIN=bin/trainer);
-# with cuDNN convolutions (`--features cudnn`): trainer_cudnn and cuda_training_cudnn.
+# with cuDNN convolutions (`--features cudnn`): trainer_cudnn, cuda_training_cudnn and
+# cuda_layers_cudnn.
 # They link libcuda.so.1 (the driver's) and the CUDA 13 libraries (cuBLAS, cuFFT, cuRAND,
 # NVRTC, cudart, NCCL, cuDNN) dynamically: gpu-run.sh points LD_LIBRARY_PATH at a PyTorch
 # wheel's copies.
@@ -40,18 +41,21 @@ cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer"
 cargo build --release --features nccl,cudnn -p trainer
 cp "$CARGO_TARGET_DIR/release/trainer" "$OUT/bin/trainer_cudnn"
 cargo test --release --features cudnn -p circulant-tests \
-  --test cuda_training --no-run --message-format=json-render-diagnostics |
+  --test cuda_training --test cuda_layers --no-run --message-format=json-render-diagnostics |
   python3 -c '
 import json, shutil, sys
+names = {"cuda_training", "cuda_layers"}
+found = set()
 for line in sys.stdin:
     try:
         msg = json.loads(line)
     except ValueError:
         continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "cuda_training":
-        shutil.copy(msg["executable"], sys.argv[1] + "/cuda_training_cudnn")
-        sys.exit(0)
-sys.exit("gpu-bench: cuda_training with cuDNN not built")
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] in names:
+        shutil.copy(msg["executable"], sys.argv[1] + "/" + msg["target"]["name"] + "_cudnn")
+        found.add(msg["target"]["name"])
+if found != names:
+    sys.exit("gpu-bench: not built with cuDNN: " + ", ".join(sorted(names - found)))
 ' "$OUT/bin"
 
 # Test executables: cargo prints their paths as JSON artifacts.

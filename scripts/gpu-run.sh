@@ -88,8 +88,8 @@ stage_done() {
     if [[ -f $RESULTS/$f ]]; then cp "$RESULTS/$f" "$OUT/"; fi
   done
 }
-for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers trainer_unit \
-  nccl_training bench_cuda trainer trainer_cudnn; do
+for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers cuda_layers_cudnn \
+  trainer_unit nccl_training bench_cuda trainer trainer_cudnn; do
   if [[ ! -x $BIN/$b ]]; then
     echo "gpu-run: $BIN/$b missing: run scripts/gpu-bench.sh first and carry its folder" >&2
     exit 2
@@ -101,7 +101,7 @@ for b in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers tra
 done
 
 export CIRCULANT_REQUIRE_CUDA=1
-for t in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers; do
+for t in cuda_ops cuda_kernels cuda_training cuda_training_cudnn cuda_layers cuda_layers_cudnn; do
   echo "== $t"
   timeout 300 "$BIN/$t" --test-threads=1 --nocapture 2>&1 | tee "$RESULTS/$t.log" || status=1
   if grep -q "skipping: no CUDA device" "$RESULTS/$t.log"; then
@@ -140,11 +140,11 @@ if [[ -z ${SKIP_NETS:-} ]]; then
   NETS=$RESULTS/nets
   mkdir -p "$NETS"
   files=() variants=()
-  for build in cuda cudnn; do
+  # cuDNN first: the build of record (all three convolution passes on cuDNN).
+  for build in cudnn cuda; do
     trainer=$BIN/trainer
     [[ $build == cudnn ]] && trainer=$BIN/trainer_cudnn
     for precision in f32 bf16; do
-      [[ $build == cudnn && $precision == bf16 ]] && continue
       echo "== bench-nets --device cuda --precision $precision (ours: $build)"
       timeout 600 bash "$ROOT/scripts/bench-nets.sh" --device cuda --precision "$precision" \
         --python python3 --trainer "$trainer" --steps "${NETS_STEPS:-30}" \
@@ -152,14 +152,14 @@ if [[ -z ${SKIP_NETS:-} ]]; then
         tee "$NETS/$build-$precision.log"
       json=$(ls "$NETS/$build"/nets-*-cuda$([[ $precision == bf16 ]] && echo -bf16).json 2>/dev/null | tail -1)
       if [[ -n $json ]]; then files+=("$json"); variants+=("$build"); else status=1; fi
+      # The table of record so far (a run stopped at the runner's limit keeps it).
+      if ((${#files[@]})); then
+        python3 "$ROOT/bench/nets_table.py" card --json "${files[@]}" --variant "${variants[@]}" \
+          --out "$NETS/nets.json" || status=1
+      fi
       stage_done "nets $build $precision"
     done
   done
-  if ((${#files[@]})); then
-    python3 "$ROOT/bench/nets_table.py" card --json "${files[@]}" --variant "${variants[@]}" \
-      --out "$NETS/nets.json" || status=1
-  fi
-  stage_done "nets table"
 fi
 if [[ -z ${SKIP_BENCH:-} ]]; then
   echo "== bench_cuda"

@@ -11,6 +11,8 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod winograd;
 
 use crate::cpu::{
@@ -107,10 +109,20 @@ impl Conv2dLayer {
             Ok(x.contiguous()?
                 .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?)
         } else {
-            let y = x.conv2d(weight, self.padding, self.stride, 1, 1)?;
+            let y = self.conv2d(x, weight)?;
             let y = y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
             Ok(if relu { y.relu()? } else { y })
         }
+    }
+
+    /// `conv2d(x, weight)` outside the CPU op: through cuDNN (feature `cudnn`) for CUDA
+    /// tensors, candle's `conv2d` otherwise.
+    fn conv2d(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cudnn")]
+        if cudnn::applies(x, weight) {
+            return Ok(cudnn::conv2d(x, weight, self.padding, self.stride)?);
+        }
+        Ok(x.conv2d(weight, self.padding, self.stride, 1, 1)?)
     }
 }
 

@@ -2,8 +2,9 @@
 //! candle's CUDA stream, and small CUDA kernels (compiled to PTX at build time) for the
 //! per-frequency contractions of the forward pass and of both gradients. Also the kernels of
 //! the other training layers that would otherwise be many candle ops: max pooling, train-mode
-//! batch norm, dropout masks and the optimizers' in-place updates; and host-to-device copies of batches through
-//! page-locked staging buffers.
+//! batch norm, dropout masks and the optimizers' in-place updates; host-to-device copies of
+//! batches through page-locked staging buffers; and, with the `cudnn` feature, convolutions
+//! through cuDNN.
 //!
 //! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) is behind the `cuda`
 //! feature; without it the crate builds with no CUDA toolkit. cuFFT plans are created once per
@@ -13,6 +14,8 @@
 mod batch_norm;
 #[cfg(feature = "cuda")]
 mod circulant;
+#[cfg(feature = "cudnn")]
+mod conv;
 mod dims;
 #[cfg(feature = "cuda")]
 mod dropout;
@@ -37,6 +40,8 @@ mod upload;
 pub use batch_norm::{batch_norm_backward, batch_norm_forward, batch_norm_stats, BnDims};
 #[cfg(feature = "cuda")]
 pub use circulant::{backward, forward, forward_keep, Spectra};
+#[cfg(feature = "cudnn")]
+pub use conv::{conv2d_backward_data, conv2d_backward_filter, conv2d_forward, ConvDims, ConvFloat};
 pub use dims::Dims;
 #[cfg(feature = "cuda")]
 pub use dropout::dropout_mask;

@@ -6,11 +6,9 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, Layout, Result, Shape, Storage, Tensor};
 
-use crate::dtype::FftFloat;
-
 /// The contiguous `T` data that layout `l` describes in `s`; `what` names the tensor in the
 /// error for a non-contiguous layout.
-pub fn contiguous_view<'a, T: FftFloat>(
+pub fn contiguous_view<'a, T: CudaDType>(
     what: &str,
     s: &'a CudaStorage,
     l: &Layout,

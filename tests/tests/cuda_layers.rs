@@ -1,7 +1,7 @@
 //! The GPU kernels of the training layers (kernels-cuda's max pool, batch norm and dropout masks, reached
-//! through circulant-model's public layers on f32 CUDA tensors) and the convolution (candle's,
-//! with vendor/candle-core's backward) against the CPU custom ops on the same inputs: values and
-//! gradients, on odd sizes.
+//! through circulant-model's public layers on f32 CUDA tensors) and the convolution (cuDNN's
+//! with the `cudnn` feature, else candle's with vendor/candle-core's backward) against the CPU
+//! custom ops on the same inputs: values and gradients, on odd sizes.
 //! Skips, printing why, when no CUDA device is usable; fails instead when
 //! `CIRCULANT_REQUIRE_CUDA=1`.
 #![cfg(feature = "cuda")]
@@ -276,11 +276,12 @@ fn conv_on(device: &Device, c: &ConvCase) -> Result<ConvGrads, Box<dyn std::erro
     Ok((host(&y)?, dx, dw, db))
 }
 
-/// A convolution on the GPU (candle's conv2d; its input gradient a conv2d with the flipped
-/// kernel at stride 1, conv_transpose2d otherwise) against the CPU op: stride 1 with 3×3 and
-/// 5×5 kernels and several paddings, a strided 3×3, and an AlexNet-like 11×11 stride-4 first
-/// layer on plain images (no input gradient on either device). Loose tolerance: cuDNN may
-/// compute f32 convolutions in TF32.
+/// A convolution on the GPU against the CPU op: stride 1 with 3×3 and 5×5 kernels and several
+/// paddings, a strided 3×3, and an AlexNet-like 11×11 stride-4 first layer on plain images (no
+/// input gradient on either device). With the `cudnn` feature all three passes are cuDNN's
+/// (circulant-model's cuDNN op); without it the convolution is candle's, its input gradient a
+/// conv2d with the flipped kernel at stride 1 and conv_transpose2d otherwise. The tolerance
+/// leaves room for cuDNN's FFT and Winograd algorithms, which round differently from a sum.
 #[test]
 fn convolution_matches_the_cpu_op() -> TestResult {
     let Some(dev) = cuda_device() else {
