@@ -2,7 +2,7 @@
 //! added to zeros): gradients against central finite differences in f64 on random inputs, over
 //! a graph where one input reaches the loss by several paths (sums of gradients), through
 //! subtractions and negations (first gradients negated), transposes and broadcasts (views made
-//! contiguous), and a dtype cast.
+//! contiguous), and a dtype cast; ReLU's gradient at and around 0.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -86,6 +86,28 @@ fn first_gradients_are_stored_contiguous() -> Result<()> {
     let g = grads.get(w.as_tensor()).expect("a gradient");
     assert!(g.is_contiguous());
     assert_eq!(g.to_vec2::<f64>()?, c.t()?.to_vec2::<f64>()?);
+    Ok(())
+}
+
+/// ReLU's gradient is the upstream gradient where the output is > 0 and 0 elsewhere, at 0 (and
+/// -0) included, as PyTorch's; in f32 and f64.
+#[test]
+fn relu_passes_gradients_where_the_output_is_positive() -> Result<()> {
+    let dev = Device::Cpu;
+    let xs = [-2.0, -0.0, 0.0, 1e-30, 0.5, 3.0, -1e-30];
+    let r = random(&[xs.len()], 5);
+    for dtype in [DType::F32, DType::F64] {
+        let x = Var::from_tensor(&Tensor::new(&xs[..], &dev)?.to_dtype(dtype)?)?;
+        let rt = Tensor::new(r.as_slice(), &dev)?.to_dtype(dtype)?;
+        let grads = (x.as_tensor().relu()? * &rt)?.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).expect("a gradient");
+        let g = g.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let rt = rt.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        for (i, &v) in xs.iter().enumerate() {
+            let want = if v > 0.0 { rt[i] } else { 0.0 };
+            assert_eq!(g[i], want, "{dtype:?}: d relu(x) at x = {v:e}");
+        }
+    }
     Ok(())
 }
 

@@ -601,7 +601,9 @@ impl Tensor {
                         grads.accumulate(arg, &(&grad * gelu_erf_grad)?)?;
                     }
                     Op::Unary(arg, UnaryOp::Relu) => {
-                        let relu_grad = arg.ge(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
+                        // 1 where the output is > 0, else 0 (as PyTorch): one kernel on the
+                        // output, not a zero-filled tensor, a comparison and a cast.
+                        let relu_grad = node.sign()?;
                         grads.accumulate(arg, &(&grad * relu_grad)?)?;
                     }
                     Op::Unary(arg, UnaryOp::Silu) => {
