@@ -1,11 +1,14 @@
 //! Process settings the trainer makes once at start (a library never does): thread pools, the
-//! C heap, the GPU memory pool. Each can be overridden from the environment; `trainer --help`
+//! C heap, denormal floats, the GPU memory pool. Each can be overridden from the environment; `trainer --help`
 //! lists them, and docs/BENCHMARKS.md has the measurements behind them.
 
 use candle_core::Device;
 
 /// Environment variable that, set to `0`, leaves the CUDA memory pool's default alone.
 pub const KEEP_DEVICE_MEMORY: &str = "CIRCULANT_KEEP_DEVICE_MEMORY";
+
+/// Environment variable that, set to `1`, keeps denormal floats (no flush to zero).
+pub const KEEP_DENORMALS: &str = "CIRCULANT_KEEP_DENORMALS";
 
 /// The environment variables to set, given the current environment (`get`):
 /// - `CANDLE_NUM_THREADS=1`: candle's element-wise ops run on the calling thread instead of a
@@ -32,6 +35,29 @@ pub fn configure() {
         std::env::set_var(name, value);
     }
     keep_freed_heap_memory();
+    if !std::env::var(KEEP_DENORMALS).is_ok_and(|v| v.trim() == "1") {
+        flush_denormals();
+    }
+}
+
+/// Makes this thread's SSE/AVX arithmetic treat denormal floats (below 2^-126 in f32) as 0,
+/// inputs and results (MXCSR's DAZ and FTZ bits), as TensorFlow does on the CPU; threads
+/// started later (rayon's) inherit it. Tiny gradients reach that range once a network fits its
+/// batch, and Intel cores take a slow microcode path for each such operand: a mnist-cnn batch-1
+/// training step ran 3.7× slower on a Xeon (docs/bench/denormals-2026-12-01-cpu.txt).
+fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const FTZ_DAZ: u32 = 0x8040;
+        let mut csr = 0u32;
+        // SAFETY: stmxcsr / ldmxcsr read and write this thread's MXCSR through a valid u32;
+        // setting FTZ and DAZ changes no other state.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+            csr |= FTZ_DAZ;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+        }
+    }
 }
 
 /// Makes glibc keep freed memory mapped: allocations up to 32 MiB come from the heap
@@ -91,6 +117,27 @@ mod tests {
         assert_eq!(set[1].0, "RAYON_NUM_THREADS");
         assert!(set[1].1.parse::<usize>().unwrap() >= 1);
         assert!(thread_settings(|_| Some("3".into())).is_empty());
+    }
+
+    /// After `flush_denormals`, a thread started later computes with denormals as 0.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn denormals_are_flushed_in_later_threads() {
+        use std::hint::black_box;
+        let tiny = f32::MIN_POSITIVE / 4.0;
+        // A real multiplication (`x * 1.0` alone would be folded away).
+        let times_one = move || black_box(tiny) * black_box(1.0f32);
+        // Threads of their own on both sides: the compiler may move arithmetic across the
+        // MXCSR write, not across starting a thread.
+        let (keeps, flushes) = std::thread::spawn(move || {
+            let keeps = std::thread::spawn(times_one).join().unwrap();
+            flush_denormals();
+            (keeps, std::thread::spawn(times_one).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(keeps, tiny);
+        assert_eq!(flushes, 0.0);
     }
 
     /// Minor page faults of the whole process so far.
