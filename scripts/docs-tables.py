@@ -23,8 +23,8 @@ Raw data read (all paths relative to the repository root):
 - docs/bench/cpu-*.md: outputs of `cargo bench -p circulant-kernels --bench circulant`;
   docs/bench/torch-cpu-*.md: outputs of bench/torch_circulant.py on the same machine.
 - docs/gpu/<dir>/bench_cuda.md, torch_circulant.md, diag.md: GPU benchmark outputs.
-- docs/bench/nets-<date>-<device>[-bf16].json: whole-network speed from scripts/bench-nets.sh
-  (the newest file per device and precision is used).
+- docs/bench/nets-<date>-<device>[-bf16][-on-<machine>].json: whole-network speed from
+  scripts/bench-nets.sh (the newest file per device, precision and machine tag is used).
 
 Python 3 standard library only.
 """
@@ -564,7 +564,7 @@ def t_gpu_breakdown(ctx: Ctx) -> str:
             + f"\n\nRaw output: [{os.path.basename(GPU_DIAG)}]({ctx.link(GPU_DIAG)}).")
 
 
-NETS = re.compile(r"^nets-(\d{4}-\d{2}-\d{2})-([a-z0-9]+?)(-bf16)?\.json$")
+NETS = re.compile(r"^nets-(\d{4}-\d{2}-\d{2})-([a-z0-9]+?)(-bf16)?(?:-on-([a-z0-9-]+))?\.json$")
 
 
 def t_nets(ctx: Ctx) -> str:
@@ -573,7 +573,7 @@ def t_nets(ctx: Ctx) -> str:
     for f in sorted(d.iterdir()) if d.is_dir() else []:
         m = NETS.match(f.name)
         if m:
-            key = (m[2], m[3] or "")
+            key = (m[2], m[3] or "", m[4] or "")
             if key not in newest or m[1] >= newest[key][0]:
                 newest[key] = (m[1], f.name)
     if not newest:
@@ -581,7 +581,7 @@ def t_nets(ctx: Ctx) -> str:
                 "`docs/bench/nets-<date>-<device>.json`, and this table is generated from the "
                 "newest one.")
     blocks = []
-    for (_, _), (_, fname) in sorted(newest.items()):
+    for (_, _, machine), (_, fname) in sorted(newest.items()):
         rel = f"docs/bench/{fname}"
         try:
             rows = json.loads(read(rel))
@@ -610,7 +610,7 @@ def t_nets(ctx: Ctx) -> str:
                          ratio(r.get("ours_infer_img_s"), r.get("torch_infer_img_s"))])
         dev, prec = rows[0].get("device", "?"), rows[0].get("precision", "?")
         blocks.append(
-            f"{dev}, {prec}: " + "; ".join(desc) + f" ([{fname}]({ctx.link(rel)}))\n\n"
+            f"{dev}, {prec}{', ' + machine if machine else ''}: " + "; ".join(desc) + f" ([{fname}]({ctx.link(rel)}))\n\n"
             + md_table(["network", "head", "batch", "train img/s, ours", "train img/s, PyTorch",
                         "ours / PyTorch", "infer img/s, ours", "infer img/s, PyTorch",
                         "ours / PyTorch"], body, "|---|---|---:|---:|---:|---:|---:|---:|---:|"))
@@ -701,7 +701,7 @@ TABLES = {
     "readme-quickstart": (t_readme_quickstart, [f"{RUNS_DIR}/{QUICKSTART_RUN}/"]),
     "readme-results": (t_readme_results, [f"{RUNS_DIR}/*/", "LEGACY_RUNS"]),
     "readme-speed": (t_readme_speed, [CPU_SERIAL, CPU_POOL, TORCH_CPU]),
-    "nets": (t_nets, ["docs/bench/nets-*.json (newest per device)"]),
+    "nets": (t_nets, ["docs/bench/nets-*.json (newest per device, precision and machine)"]),
     "bench-conv-layers": (t_conv_layers, [CONV_LAYERS]),
     "bench-op-plain": (t_op_plain, [OP_PLAIN]),
     "results-mnist": (t_results("mnist", (
