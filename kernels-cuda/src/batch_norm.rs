@@ -7,6 +7,10 @@ use candle_core::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use crate::kernels::elementwise_config;
+use crate::storage::check_len;
+
+/// The op named in errors.
+const OP: &str = "batch norm (cuda)";
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/batch_norm.ptx"));
 /// Name under which candle caches the loaded module, per device.
@@ -70,16 +74,6 @@ impl BnDims {
     }
 }
 
-fn check_len(what: &str, got: usize, want: usize, d: BnDims) -> Result<()> {
-    if got == want {
-        return Ok(());
-    }
-    Err(Error::Msg(format!(
-        "batch norm (cuda): {what} has {got} elements, expected {want} for {d:?}"
-    ))
-    .bt())
-}
-
 /// Grid `(c, splits)` of `THREADS`-wide reduction blocks.
 fn reduce_config(k: &Checked) -> LaunchConfig {
     LaunchConfig {
@@ -107,7 +101,7 @@ pub fn batch_norm_stats(
     d: BnDims,
 ) -> Result<CudaSlice<f32>> {
     let k = d.check()?;
-    check_len("x", x.len(), k.len, d)?;
+    check_len(OP, "x", x.len(), k.len, &d)?;
     // SAFETY: every element is written by the reduction kernel (one per block).
     let mut partial = unsafe { dev.alloc::<f64>(2 * d.c * k.splits as usize)? };
     // SAFETY: every element is written by bn_finish_stats (one thread per channel).
@@ -149,10 +143,10 @@ pub fn batch_norm_forward(
     eps: f64,
 ) -> Result<CudaSlice<f32>> {
     let k = d.check()?;
-    check_len("x", x.len(), k.len, d)?;
-    check_len("stats", stats.len(), 2 * d.c, d)?;
-    check_len("weight", gamma.len(), d.c, d)?;
-    check_len("bias", beta.len(), d.c, d)?;
+    check_len(OP, "x", x.len(), k.len, &d)?;
+    check_len(OP, "stats", stats.len(), 2 * d.c, &d)?;
+    check_len(OP, "weight", gamma.len(), d.c, &d)?;
+    check_len(OP, "bias", beta.len(), d.c, &d)?;
     // SAFETY: every element is written by the kernel below.
     let mut y = unsafe { dev.alloc::<f32>(k.len)? };
     let func = dev.get_or_load_custom_func("bn_forward_f32", MODULE, PTX)?;
@@ -186,10 +180,10 @@ pub fn batch_norm_backward(
     eps: f64,
 ) -> Result<CudaSlice<f32>> {
     let k = d.check()?;
-    check_len("x", x.len(), k.len, d)?;
-    check_len("grad", dy.len(), k.len, d)?;
-    check_len("stats", stats.len(), 2 * d.c, d)?;
-    check_len("weight", gamma.len(), d.c, d)?;
+    check_len(OP, "x", x.len(), k.len, &d)?;
+    check_len(OP, "grad", dy.len(), k.len, &d)?;
+    check_len(OP, "stats", stats.len(), 2 * d.c, &d)?;
+    check_len(OP, "weight", gamma.len(), d.c, &d)?;
     // SAFETY: the reductions write every element of `partial` and the tail of `out`, and
     // bn_backward_dx its head; bn_finish_grads writes every coefficient.
     let mut partial = unsafe { dev.alloc::<f64>(2 * d.c * k.splits as usize)? };

@@ -9,21 +9,14 @@ use crate::dims::Dims;
 use crate::dtype::FftFloat;
 use crate::kernels::{complex_to_real, contract, real_to_complex, Contraction};
 use crate::plan::{lock, plan};
+use crate::storage::check_len;
+
+/// The op named in errors.
+const OP: &str = "circulant (cuda)";
 
 /// Rows per cuFFT execution are limited so that one execution covers at most this many real
 /// elements (keeps 32-bit plans valid and bounds a plan's work area).
 const MAX_ELEMS_PER_EXEC: usize = 1 << 27;
-
-fn check_len(what: &str, got: usize, want: usize, d: Dims) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::Msg(format!(
-            "circulant (cuda): {what} has {got} elements, expected {want} for {d:?}"
-        ))
-        .bt())
-    }
-}
 
 fn cufft_err(
     what: &'static str,
@@ -126,8 +119,8 @@ pub struct Spectra<T: FftFloat> {
 }
 
 fn check_inputs<T: FftFloat>(x: &CudaView<'_, T>, r: &CudaView<'_, T>, d: Dims) -> Result<()> {
-    check_len("x", x.len(), d.x_len()?, d)?;
-    check_len("r", r.len(), d.r_len()?, d)
+    check_len(OP, "x", x.len(), d.x_len()?, &d)?;
+    check_len(OP, "r", r.len(), d.r_len()?, &d)
 }
 
 /// [`forward`], keeping the spectra of `x` and `r` when `keep`; without it they are freed
@@ -195,7 +188,7 @@ pub fn backward<T: FftFloat>(
     saved: Option<&Spectra<T>>,
 ) -> Result<CudaSlice<T>> {
     check_inputs(x, r, d)?;
-    check_len("grad", g.len(), d.y_len()?, d)?;
+    check_len(OP, "grad", g.len(), d.y_len()?, &d)?;
     let (x_len, r_len) = (d.x_len()?, d.r_len()?);
     if d.is_degenerate() {
         return dev.alloc_zeros::<T>(x_len + r_len);

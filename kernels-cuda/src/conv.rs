@@ -24,6 +24,11 @@ use cudarc::cudnn::{
 };
 use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
 
+use crate::storage::check_len;
+
+/// The op named in errors.
+const OP: &str = "conv2d (cudnn)";
+
 /// Sizes of a convolution: `n` images of `c_in x h x w`, `c_out` filters of `c_in x k x k`,
 /// zero padding `padding` on every side, stride `stride`, no dilation or groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,7 +55,7 @@ impl ConvDims {
             ..
         } = *self;
         if k == 0 || s == 0 || h + 2 * p < k || w + 2 * p < k {
-            return Err(Error::Msg(format!("conv2d (cudnn): invalid sizes {self:?}")).bt());
+            return Err(Error::Msg(format!("{OP}: invalid sizes {self:?}")).bt());
         }
         Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
     }
@@ -117,11 +122,11 @@ thread_local! {
 }
 
 fn wrap(what: &str, d: ConvDims, e: CudnnError) -> Error {
-    Error::Msg(format!("conv2d (cudnn): {what} for {d:?}: {e:?}")).bt()
+    Error::Msg(format!("{OP}: {what} for {d:?}: {e:?}")).bt()
 }
 
 fn int(v: usize, d: ConvDims) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Msg(format!("conv2d (cudnn): {v} too large in {d:?}")).bt())
+    i32::try_from(v).map_err(|_| Error::Msg(format!("{OP}: {v} too large in {d:?}")).bt())
 }
 
 fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
@@ -130,7 +135,7 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
             return Ok(c.clone());
         }
         let c = Cudnn::new(dev.cuda_stream())
-            .map_err(|e| Error::Msg(format!("conv2d (cudnn): creating a handle: {e:?}")).bt())?;
+            .map_err(|e| Error::Msg(format!("{OP}: creating a handle: {e:?}")).bt())?;
         h.borrow_mut().insert(dev.id(), c.clone());
         Ok(c)
     })
@@ -224,22 +229,12 @@ impl<T: ConvFloat> Plan<T> {
         if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
             return plan
                 .downcast::<Self>()
-                .map_err(|_| Error::Msg("conv2d (cudnn): plan cache type mismatch".into()).bt());
+                .map_err(|_| Error::Msg(format!("{OP}: plan cache type mismatch")).bt());
         }
         let plan = Rc::new(Self::new(dev, d)?);
         PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
         Ok(plan)
     }
-}
-
-fn check_len(what: &str, got: usize, want: usize, d: ConvDims) -> Result<()> {
-    if got == want {
-        return Ok(());
-    }
-    Err(Error::Msg(format!(
-        "conv2d (cudnn): {what} has {got} elements, expected {want} for {d:?}"
-    ))
-    .bt())
 }
 
 /// A workspace of `bytes` from the stream's pool (none for 0).
@@ -260,8 +255,8 @@ pub fn conv2d_forward<T: ConvFloat>(
     d: ConvDims,
 ) -> Result<CudaSlice<T>> {
     let len = d.y_len()?;
-    check_len("x", x.len(), d.x_len(), d)?;
-    check_len("w", w.len(), d.w_len(), d)?;
+    check_len(OP, "x", x.len(), d.x_len(), &d)?;
+    check_len(OP, "w", w.len(), d.w_len(), &d)?;
     if len == 0 || d.x_len() == 0 {
         return dev.alloc_zeros::<T>(len);
     }
@@ -289,8 +284,8 @@ pub fn conv2d_backward_data<T: ConvFloat>(
     w: &CudaView<'_, T>,
     d: ConvDims,
 ) -> Result<CudaSlice<T>> {
-    check_len("grad", dy.len(), d.y_len()?, d)?;
-    check_len("w", w.len(), d.w_len(), d)?;
+    check_len(OP, "grad", dy.len(), d.y_len()?, &d)?;
+    check_len(OP, "w", w.len(), d.w_len(), &d)?;
     let len = d.x_len();
     if len == 0 || d.w_len() == 0 {
         return dev.alloc_zeros::<T>(len);
@@ -320,8 +315,8 @@ pub fn conv2d_backward_filter<T: ConvFloat>(
     dy: &CudaView<'_, T>,
     d: ConvDims,
 ) -> Result<CudaSlice<T>> {
-    check_len("x", x.len(), d.x_len(), d)?;
-    check_len("grad", dy.len(), d.y_len()?, d)?;
+    check_len(OP, "x", x.len(), d.x_len(), &d)?;
+    check_len(OP, "grad", dy.len(), d.y_len()?, &d)?;
     let len = d.w_len();
     if len == 0 || d.x_len() == 0 {
         return dev.alloc_zeros::<T>(len);

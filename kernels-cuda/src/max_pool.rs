@@ -6,6 +6,10 @@ use candle_core::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 use crate::kernels::elementwise_config;
+use crate::storage::check_len;
+
+/// The op named in errors.
+const OP: &str = "max pool (cuda)";
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/max_pool.ptx"));
 /// Name under which candle caches the loaded module, per device.
@@ -39,16 +43,6 @@ impl PoolDims {
     }
 }
 
-fn check_len(what: &str, got: usize, want: usize, d: PoolDims) -> Result<()> {
-    if got == want {
-        return Ok(());
-    }
-    Err(Error::Msg(format!(
-        "max pool (cuda): {what} has {got} elements, expected {want} for {d:?}"
-    ))
-    .bt())
-}
-
 /// `(planes, oh, ow)`: each window's maximum (with `relu`, floored at 0), from contiguous `x`
 /// `(planes, h, w)`.
 pub fn max_pool_forward(
@@ -58,7 +52,7 @@ pub fn max_pool_forward(
     relu: bool,
 ) -> Result<CudaSlice<f32>> {
     let (oh, ow) = d.out_hw()?;
-    check_len("x", x.len(), d.input_len(), d)?;
+    check_len(OP, "x", x.len(), d.input_len(), &d)?;
     let len = d.planes * oh * ow;
     // SAFETY: every element is written by the kernel below.
     let mut y = unsafe { dev.alloc::<f32>(len)? };
@@ -95,8 +89,8 @@ pub fn max_pool_backward(
     relu: bool,
 ) -> Result<CudaSlice<f32>> {
     let (oh, ow) = d.out_hw()?;
-    check_len("x", x.len(), d.input_len(), d)?;
-    check_len("grad", gy.len(), d.planes * oh * ow, d)?;
+    check_len(OP, "x", x.len(), d.input_len(), &d)?;
+    check_len(OP, "grad", gy.len(), d.planes * oh * ow, &d)?;
     let len = d.input_len();
     // SAFETY: every element is written by the kernel below.
     let mut dx = unsafe { dev.alloc::<f32>(len)? };

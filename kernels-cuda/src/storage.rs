@@ -4,7 +4,7 @@
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
-use candle_core::{bail, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, Error, Layout, Result, Shape, Storage, Tensor};
 
 /// The contiguous `T` data that layout `l` describes in `s`; `what` names the tensor in the
 /// error for a non-contiguous layout.
@@ -28,4 +28,22 @@ pub fn tensor_from_slice<T: CudaDType>(
 ) -> Tensor {
     let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone()));
     Tensor::from_storage(storage, shape, BackpropOp::none(), false)
+}
+
+/// An error unless `got == want`: `op`'s `what` has `got` elements where the sizes `d` need
+/// `want`.
+pub(crate) fn check_len(
+    op: &str,
+    what: &str,
+    got: usize,
+    want: usize,
+    d: &impl std::fmt::Debug,
+) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Error::Msg(format!(
+        "{op}: {what} has {got} elements, expected {want} for {d:?}"
+    ))
+    .bt())
 }
