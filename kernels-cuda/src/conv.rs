@@ -101,13 +101,47 @@ impl ConvFloat for half::f16 {
     const MATH: cudnnMathType_t = cudnnMathType_t::CUDNN_TENSOR_OP_MATH;
 }
 
-/// The descriptors of one convolution and the algorithm (with its workspace size in bytes)
-/// of each pass.
-struct Plan<T: ConvFloat> {
+/// The cuDNN descriptors of one convolution.
+struct Descriptors<T: ConvFloat> {
     conv: ConvDescriptor<f32>,
     x: TensorDescriptor<T>,
     w: FilterDescriptor<T>,
     y: TensorDescriptor<T>,
+}
+
+impl<T: ConvFloat> Descriptors<T> {
+    fn forward(&self) -> ConvForward<'_, T, f32, T> {
+        ConvForward {
+            conv: &self.conv,
+            x: &self.x,
+            w: &self.w,
+            y: &self.y,
+        }
+    }
+
+    fn input_grad(&self) -> ConvBackwardData<'_, T, f32, T> {
+        ConvBackwardData {
+            conv: &self.conv,
+            dx: &self.x,
+            w: &self.w,
+            dy: &self.y,
+        }
+    }
+
+    fn weight_grad(&self) -> ConvBackwardFilter<'_, T, f32, T> {
+        ConvBackwardFilter {
+            conv: &self.conv,
+            x: &self.x,
+            dw: &self.w,
+            dy: &self.y,
+        }
+    }
+}
+
+/// The descriptors of one convolution and the algorithm (with its workspace size in bytes)
+/// of each pass.
+struct Plan<T: ConvFloat> {
+    desc: Descriptors<T>,
     fwd: (cudnnConvolutionFwdAlgo_t, usize),
     bwd_data: (cudnnConvolutionBwdDataAlgo_t, usize),
     bwd_filter: (cudnnConvolutionBwdFilterAlgo_t, usize),
@@ -147,7 +181,7 @@ impl<T: ConvFloat> Plan<T> {
         let (oh, ow) = d.out_hw()?;
         let (p, s) = (int(d.padding, d)?, int(d.stride, d)?);
         let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        let desc = |what, e| wrap(what, d, e);
+        let err = |what, e| wrap(what, d, e);
         let mut conv = cudnn
             .create_conv2d::<f32>(
                 [p, p],
@@ -155,68 +189,48 @@ impl<T: ConvFloat> Plan<T> {
                 [1, 1],
                 cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )
-            .map_err(|e| desc("convolution descriptor", e))?;
+            .map_err(|e| err("convolution descriptor", e))?;
         conv.set_math_type(T::MATH)
-            .map_err(|e| desc("math type", e))?;
+            .map_err(|e| err("math type", e))?;
         let dims = |a, b, c, e| -> Result<[i32; 4]> {
             Ok([int(a, d)?, int(b, d)?, int(c, d)?, int(e, d)?])
         };
         let x = cudnn
             .create_4d_tensor::<T>(nchw, dims(d.n, d.c_in, d.h, d.w)?)
-            .map_err(|e| desc("input descriptor", e))?;
+            .map_err(|e| err("input descriptor", e))?;
         let w = cudnn
             .create_4d_filter::<T>(nchw, dims(d.c_out, d.c_in, d.k, d.k)?)
-            .map_err(|e| desc("filter descriptor", e))?;
+            .map_err(|e| err("filter descriptor", e))?;
         let y = cudnn
             .create_4d_tensor::<T>(nchw, dims(d.n, d.c_out, oh, ow)?)
-            .map_err(|e| desc("output descriptor", e))?;
+            .map_err(|e| err("output descriptor", e))?;
+        let desc = Descriptors { conv, x, w, y };
         let fwd = {
-            let op = ConvForward {
-                conv: &conv,
-                x: &x,
-                w: &w,
-                y: &y,
-            };
+            let op = desc.forward();
             let algo = op
                 .pick_algorithm()
-                .map_err(|e| desc("forward algorithm", e))?;
+                .map_err(|e| err("forward algorithm", e))?;
             let size = op.get_workspace_size(algo);
-            (algo, size.map_err(|e| desc("forward workspace", e))?)
+            (algo, size.map_err(|e| err("forward workspace", e))?)
         };
         let bwd_data = {
-            let op = ConvBackwardData {
-                conv: &conv,
-                dx: &x,
-                w: &w,
-                dy: &y,
-            };
+            let op = desc.input_grad();
             let algo = op
                 .pick_algorithm()
-                .map_err(|e| desc("input-gradient algorithm", e))?;
+                .map_err(|e| err("input-gradient algorithm", e))?;
             let size = op.get_workspace_size(algo);
-            (algo, size.map_err(|e| desc("input-gradient workspace", e))?)
+            (algo, size.map_err(|e| err("input-gradient workspace", e))?)
         };
         let bwd_filter = {
-            let op = ConvBackwardFilter {
-                conv: &conv,
-                x: &x,
-                dw: &w,
-                dy: &y,
-            };
+            let op = desc.weight_grad();
             let algo = op
                 .pick_algorithm()
-                .map_err(|e| desc("weight-gradient algorithm", e))?;
+                .map_err(|e| err("weight-gradient algorithm", e))?;
             let size = op.get_workspace_size(algo);
-            (
-                algo,
-                size.map_err(|e| desc("weight-gradient workspace", e))?,
-            )
+            (algo, size.map_err(|e| err("weight-gradient workspace", e))?)
         };
         Ok(Self {
-            conv,
-            x,
-            w,
-            y,
+            desc,
             fwd,
             bwd_data,
             bwd_filter,
@@ -265,12 +279,7 @@ pub fn conv2d_forward<T: ConvFloat>(
     let plan = Plan::<T>::get(dev, d)?;
     let (algo, bytes) = plan.fwd;
     let mut ws = workspace(dev, bytes)?;
-    let op = ConvForward {
-        conv: &plan.conv,
-        x: &plan.x,
-        w: &plan.w,
-        y: &plan.y,
-    };
+    let op = plan.desc.forward();
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
     unsafe { op.launch(algo, ws.as_mut(), (one(), zero()), x, w, &mut y) }
         .map_err(|e| wrap("forward", d, e))?;
@@ -295,12 +304,7 @@ pub fn conv2d_backward_data<T: ConvFloat>(
     let plan = Plan::<T>::get(dev, d)?;
     let (algo, bytes) = plan.bwd_data;
     let mut ws = workspace(dev, bytes)?;
-    let op = ConvBackwardData {
-        conv: &plan.conv,
-        dx: &plan.x,
-        w: &plan.w,
-        dy: &plan.y,
-    };
+    let op = plan.desc.input_grad();
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
     unsafe { op.launch(algo, ws.as_mut(), (one(), zero()), &mut dx, w, dy) }
         .map_err(|e| wrap("input gradient", d, e))?;
@@ -326,12 +330,7 @@ pub fn conv2d_backward_filter<T: ConvFloat>(
     let plan = Plan::<T>::get(dev, d)?;
     let (algo, bytes) = plan.bwd_filter;
     let mut ws = workspace(dev, bytes)?;
-    let op = ConvBackwardFilter {
-        conv: &plan.conv,
-        x: &plan.x,
-        dw: &plan.w,
-        dy: &plan.y,
-    };
+    let op = plan.desc.weight_grad();
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
     unsafe { op.launch(algo, ws.as_mut(), (one(), zero()), x, &mut dw, dy) }
         .map_err(|e| wrap("weight gradient", d, e))?;
