@@ -201,7 +201,10 @@ fn transform_input(
     let nt = tiles.len();
     let (h, w) = (g.h as isize, g.w as isize);
     // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-    let bt = |a: [f32; 4]| [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]];
+    #[inline(always)]
+    fn bt(a: [f32; 4]) -> [f32; 4] {
+        [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]]
+    }
     for c in 0..g.c_in {
         for (col, tile) in tiles.iter().enumerate() {
             let start = (tile.img * g.c_in + c) * g.h * g.w;
@@ -240,7 +243,10 @@ fn transform_input(
                 }
             }
             // Bᵀ on the columns of d, then on the rows of the result.
-            let cols = [0, 1, 2, 3].map(|s| bt([d[0][s], d[1][s], d[2][s], d[3][s]]));
+            let mut cols = [[0f32; 4]; 4];
+            for (s, col) in cols.iter_mut().enumerate() {
+                *col = bt([d[0][s], d[1][s], d[2][s], d[3][s]]);
+            }
             for i in 0..4 {
                 let out = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
                 for (j, val) in out.into_iter().enumerate() {
@@ -269,13 +275,23 @@ unsafe fn transform_output(
 ) {
     let ((m, plane), nt) = (m, tiles.len());
     // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
-    let at = |a: [f32; 4]| [a[0] + a[1] + a[2], a[1] - a[2] - a[3]];
+    #[inline(always)]
+    fn at(a: [f32; 4]) -> [f32; 2] {
+        [a[0] + a[1] + a[2], a[1] - a[2] - a[3]]
+    }
     for (row, o) in os.enumerate() {
+        // The 16 planes of this output channel's products.
+        let mp: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * plane + row * nt..][..nt]);
         for (col, tile) in tiles.iter().enumerate() {
-            let mv = |xi: usize| m[xi * plane + row * nt + col];
             // Aᵀ on the columns of M (a 2×4 result), then on its rows.
-            let half = [0, 1, 2, 3].map(|j| at([mv(j), mv(4 + j), mv(8 + j), mv(12 + j)]));
-            let px = [0, 1].map(|r| at([half[0][r], half[1][r], half[2][r], half[3][r]]));
+            let mut half = [[0f32; 2]; 4];
+            for (j, h) in half.iter_mut().enumerate() {
+                *h = at([mp[j][col], mp[4 + j][col], mp[8 + j][col], mp[12 + j][col]]);
+            }
+            let px = [
+                at([half[0][0], half[1][0], half[2][0], half[3][0]]),
+                at([half[0][1], half[1][1], half[2][1], half[3][1]]),
+            ];
             let base = (tile.img * g.c_out + o) * g.oh * g.ow + tile.oy * g.ow + tile.ox;
             for (r, px) in px.into_iter().enumerate().take(g.oh - tile.oy) {
                 for (s, val) in px.into_iter().enumerate().take(g.ow - tile.ox) {
