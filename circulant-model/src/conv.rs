@@ -791,6 +791,8 @@ mod tests {
             (3, 16, 4, 33, 34, 3, 2, 1),
             (2, 16, 16, 32, 32, 3, 1, 1),
             (3, 5, 18, 30, 29, 3, 2, 1),
+            // More filter pairs (1,320) than one task of the filter transform takes.
+            (2, 40, 33, 32, 32, 3, 1, 1),
         ] {
             check_against_reference(&mut rng, case);
         }

@@ -87,21 +87,38 @@ pub(super) fn flipped(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 /// The transformed filters `U[ξ] = G g Gᵀ` of a `(c_out, c_in, 3, 3)` weight: 16 row-major
 /// `(c_out, c_in)` planes, plane `ξ = 4·i + j` holding entry `(i, j)` of every 4×4 `U`.
 pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    /// Filters per rayon task.
+    const BLOCK: usize = 1024;
     let plane = c_out * c_in;
     let mut u = vec![0f32; 16 * plane];
+    // Task b writes entries b·BLOCK.. of each of the 16 planes.
+    let mut planes: Vec<_> = u.chunks_mut(plane).map(|p| p.chunks_mut(BLOCK)).collect();
+    let blocks: Vec<[&mut [f32]; 16]> = (0..plane.div_ceil(BLOCK))
+        .map(|_| std::array::from_fn(|xi| planes[xi].next().expect("one chunk per block")))
+        .collect();
     // G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]] applied to a 3-vector.
-    let g = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    for (oc, k) in w.chunks_exact(9).enumerate() {
-        let cols = [0, 1, 2].map(|j| g(k[j], k[3 + j], k[6 + j]));
-        for i in 0..4 {
-            for (j, v) in g(cols[0][i], cols[1][i], cols[2][i])
-                .into_iter()
-                .enumerate()
-            {
-                u[(4 * i + j) * plane + oc] = v;
-            }
-        }
+    #[inline(always)]
+    fn g(a: f32, b: f32, c: f32) -> [f32; 4] {
+        [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
     }
+    blocks
+        .into_par_iter()
+        .zip(w.par_chunks(9 * BLOCK))
+        .for_each(|(dst, w)| {
+            for (oc, k) in w.chunks_exact(9).enumerate() {
+                let cols = [
+                    g(k[0], k[3], k[6]),
+                    g(k[1], k[4], k[7]),
+                    g(k[2], k[5], k[8]),
+                ];
+                for i in 0..4 {
+                    let row = g(cols[0][i], cols[1][i], cols[2][i]);
+                    for (j, v) in row.into_iter().enumerate() {
+                        dst[4 * i + j][oc] = v;
+                    }
+                }
+            }
+        });
     u
 }
 
