@@ -565,17 +565,16 @@ impl CustomOp3 for Conv2dBackward {
                 acc
             })
             .collect();
-        let (dw, db) = dwb.split_at_mut(wn);
-        for p in &partial {
-            let (dw_t, pb) = p.split_at(wn);
-            for (o, row) in dw.chunks_mut(ckk).enumerate() {
-                for (a, v) in row.iter_mut().zip(dw_t[o..].iter().step_by(c_out)) {
+        let mut partial = partial.into_iter();
+        if let Some(mut total) = partial.next() {
+            for p in partial {
+                for (a, v) in total.iter_mut().zip(&p) {
                     *a += v;
                 }
             }
-            for (a, v) in db.iter_mut().zip(pb) {
-                *a += v;
-            }
+            let (dw_t, db) = total.split_at(wn);
+            transpose(dw_t, ckk, c_out, &mut dwb[..wn]);
+            dwb[wn..].copy_from_slice(db);
         }
         if let Some(t) = dx_winograd {
             let u = winograd::filters(&winograd::flipped(w, c_out, g.c_in), g.c_in, c_out);
@@ -585,6 +584,25 @@ impl CustomOp3 for Conv2dBackward {
         let len = out.len();
         Ok((CpuStorage::F32(out), len.into()))
     }
+}
+
+/// `dst = srcᵀ` for the row-major `(rows, cols)` matrix `src`, in 16 × 16 blocks (the
+/// strided side then reads whole cache lines), over rayon's threads by blocks of `dst` rows.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const B: usize = 16;
+    dst[..rows * cols]
+        .par_chunks_mut(B * rows)
+        .enumerate()
+        .for_each(|(jb, dst)| {
+            for i0 in (0..rows).step_by(B) {
+                for (dj, dst) in dst.chunks_mut(rows).enumerate() {
+                    let j = jb * B + dj;
+                    for i in i0..(i0 + B).min(rows) {
+                        dst[i] = src[i * cols + j];
+                    }
+                }
+            }
+        });
 }
 
 #[cfg(test)]
