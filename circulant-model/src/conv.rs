@@ -16,7 +16,7 @@ mod cudnn;
 mod winograd;
 
 use crate::cpu::{
-    f32_slice, gemm_block, lane_sums, matmul, use_cpu_op, with_scratch, Mat, SendPtr,
+    f32_slice, gemm_block, lane_sums, matmul, transpose, use_cpu_op, with_scratch, Mat, SendPtr,
 };
 use crate::error::{Error, Result};
 
@@ -584,25 +584,6 @@ impl CustomOp3 for Conv2dBackward {
         let len = out.len();
         Ok((CpuStorage::F32(out), len.into()))
     }
-}
-
-/// `dst = srcᵀ` for the row-major `(rows, cols)` matrix `src`, in 16 × 16 blocks (the
-/// strided side then reads whole cache lines), over rayon's threads by blocks of `dst` rows.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const B: usize = 16;
-    dst[..rows * cols]
-        .par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(jb, dst)| {
-            for i0 in (0..rows).step_by(B) {
-                for (dj, dst) in dst.chunks_mut(rows).enumerate() {
-                    let j = jb * B + dj;
-                    for i in i0..(i0 + B).min(rows) {
-                        dst[i] = src[i * cols + j];
-                    }
-                }
-            }
-        });
 }
 
 #[cfg(test)]

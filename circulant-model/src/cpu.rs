@@ -227,6 +227,25 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     })
 }
 
+/// `dst = srcᵀ` for the row-major `(rows, cols)` matrix `src`, in 16 × 16 blocks (the
+/// strided side then reads whole cache lines), over rayon's threads by blocks of `dst` rows.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const B: usize = 16;
+    dst[..rows * cols]
+        .par_chunks_mut(B * rows)
+        .enumerate()
+        .for_each(|(jb, dst)| {
+            for i0 in (0..rows).step_by(B) {
+                for (dj, dst) in dst.chunks_mut(rows).enumerate() {
+                    let j = jb * B + dj;
+                    for i in i0..(i0 + B).min(rows) {
+                        dst[i] = src[i * cols + j];
+                    }
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::cpu::{f32_slice, matmul, Mat};
+use crate::cpu::{f32_slice, matmul, transpose, with_scratch, Mat};
 
 /// `relu?(x·Wᵀ + b)` for `x: (n, in)`, `W: (out, in)`, `b: (out)`, all contiguous f32 on the
 /// CPU.
@@ -55,16 +55,30 @@ impl CustomOp3 for DenseOp {
             candle_core::bail!("dense: bias {:?} for {k} outputs", l3.dims())
         }
         let mut y = vec![0f32; n * k];
-        for row in y.chunks_mut(k) {
-            row.copy_from_slice(b);
+        if n < k {
+            // As `yᵀ = W·xᵀ`, gemm repacks x instead of the larger W (a transposed copy of
+            // AlexNet's 9216 -> 4096 weight at every call otherwise).
+            with_scratch(n * k, |y_t| {
+                matmul(y_t, Mat::rows(w, k, d), Mat::rows(x, n, d).t(), false, true);
+                transpose(y_t, k, n, &mut y);
+            });
+            for row in y.chunks_mut(k) {
+                for (v, b) in row.iter_mut().zip(b) {
+                    *v += b;
+                }
+            }
+        } else {
+            for row in y.chunks_mut(k) {
+                row.copy_from_slice(b);
+            }
+            matmul(
+                &mut y,
+                Mat::rows(x, n, d),
+                Mat::rows(w, k, d).t(),
+                true,
+                true,
+            );
         }
-        matmul(
-            &mut y,
-            Mat::rows(x, n, d),
-            Mat::rows(w, k, d).t(),
-            true,
-            true,
-        );
         if self.relu {
             y.iter_mut().for_each(|v| *v = v.max(0.0));
         }
