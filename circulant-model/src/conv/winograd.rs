@@ -12,11 +12,15 @@
 //! its patches into a thread-owned scratch buffer, running its 16 products and writing its
 //! output pixels; with fewer than two blocks of tiles per thread the output channels are split
 //! too.
+//!
+//! The backward pass runs the same way: the input gradient is a Winograd convolution of the
+//! output gradient with the flipped filters ([`input_grad_geometry`]), and the weight gradient
+//! is the algorithm's adjoint in `g` ([`weight_grad`]).
 
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::cpu::{gemm_block, with_scratch, Mat, SendPtr};
+use crate::cpu::{gemm_block, matmul, with_scratch, Mat, SendPtr};
 
 /// Tiles per task. On the AlexNet and cifar-cnn 3×3 convolutions, 32 to 256 ran within the
 /// machine's noise of each other (2-vCPU AMD EPYC, 2026-11-30).
@@ -174,6 +178,113 @@ pub(super) fn forward(
             unsafe { transform_output(g, (m, ms), &tiles, os, bias, relu, out) };
         })
     });
+}
+
+/// Tiles per task of [`weight_grad`]: the inner dimension of its products.
+const GRAD_TILES: usize = 256;
+
+/// The weight gradient of the convolution `g` (when [`applies`]) as Winograd F(2×2, 3×3) run
+/// backwards: with `V = Bᵀ d B` the transformed input patch of a tile and `Z = A dY Aᵀ` its
+/// transformed 2×2 output gradient (zero outside the output, and where a `mask` is given and
+/// not positive), `dW[o, c] = Gᵀ (Σ_tiles Z[o] ⊙ V[c]) G`: 16 products over the tiles per
+/// block of them instead of im2col's product over 9 taps per pixel. Into `dw` (`(c_out, c_in,
+/// 3, 3)`, overwritten).
+pub(super) fn weight_grad(
+    g: &Geometry,
+    x: &[f32],
+    (dy, mask): (&[f32], Option<&[f32]>),
+    dw: &mut [f32],
+) {
+    let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+    let plane = g.c_in * g.c_out;
+    // Per task, 16 planes `Mᵀ[ξ]` (c_in, c_out) summed over its blocks of tiles.
+    let m = (0..tiles.div_ceil(GRAD_TILES))
+        .into_par_iter()
+        .fold(
+            || vec![0f32; 16 * plane],
+            |mut acc, blk| {
+                let ts = blk * GRAD_TILES..((blk + 1) * GRAD_TILES).min(tiles);
+                let nt = ts.len();
+                let (vs, zs) = (padded(g.c_in * nt), padded(nt * g.c_out));
+                with_scratch(16 * (vs + zs), |buf| {
+                    let (v, z) = buf.split_at_mut(16 * vs);
+                    let tiles = tile_list(g, ts);
+                    transform_input(g, (x, None), &tiles, v, vs);
+                    transform_grad(g, (dy, mask), &tiles, z, zs);
+                    for xi in 0..16 {
+                        let a = Mat::rows(&v[xi * vs..], g.c_in, nt);
+                        let b = Mat::rows(&z[xi * zs..], nt, g.c_out);
+                        matmul(&mut acc[xi * plane..][..plane], a, b, true, false);
+                    }
+                });
+                acc
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; 16 * plane]);
+    // Gᵀ = [[1, ½, ½, 0], [0, ½, -½, 0], [0, ½, ½, 1]] applied to a 4-vector.
+    #[inline(always)]
+    fn gt(a: [f32; 4]) -> [f32; 3] {
+        let (s, d) = (0.5 * (a[1] + a[2]), 0.5 * (a[1] - a[2]));
+        [a[0] + s, d, s + a[3]]
+    }
+    dw.par_chunks_mut(9 * g.c_in)
+        .enumerate()
+        .for_each(|(o, dw)| {
+            for (c, k) in dw.chunks_exact_mut(9).enumerate() {
+                let mv = |xi: usize| m[xi * plane + c * g.c_out + o];
+                // Gᵀ M on the columns of M (a 3×4 result), then G on its rows.
+                let cols: [[f32; 3]; 4] =
+                    std::array::from_fn(|j| gt([mv(j), mv(4 + j), mv(8 + j), mv(12 + j)]));
+                for r in 0..3 {
+                    let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
+                    k[3 * r..3 * r + 3].copy_from_slice(&row);
+                }
+            }
+        });
+}
+
+/// `Z[ξ][t][o] = (A dY Aᵀ)[ξ]` for the 2×2 output-gradient block `dY` of channel `o` under each
+/// tile `t` (zero outside the output, and where a `mask` is given and not positive), into `z`:
+/// 16 row-major `(tiles.len(), c_out)` planes, `plane` values apart.
+fn transform_grad(
+    g: &Geometry,
+    (dy, mask): (&[f32], Option<&[f32]>),
+    tiles: &[Tile],
+    z: &mut [f32],
+    plane: usize,
+) {
+    // A = [[1, 0], [1, 1], [1, -1], [0, -1]] applied to a 2-vector.
+    #[inline(always)]
+    fn a(p: f32, q: f32) -> [f32; 4] {
+        [p, p + q, p - q, -q]
+    }
+    let (oh, ow) = (g.oh, g.ow);
+    for (col, tile) in tiles.iter().enumerate() {
+        let (rows, cols) = ((oh - tile.oy).min(2), (ow - tile.ox).min(2));
+        for o in 0..g.c_out {
+            let start = (tile.img * g.c_out + o) * oh * ow + tile.oy * ow + tile.ox;
+            let mut d = [[0f32; 2]; 2];
+            for (r, row) in d.iter_mut().enumerate().take(rows) {
+                for (s, val) in row.iter_mut().enumerate().take(cols) {
+                    let at = start + r * ow + s;
+                    if mask.is_none_or(|m| m[at] > 0.0) {
+                        *val = dy[at];
+                    }
+                }
+            }
+            // A on the columns of dY (a 4×2 result), then on its rows.
+            let (c0, c1) = (a(d[0][0], d[1][0]), a(d[0][1], d[1][1]));
+            for i in 0..4 {
+                for (j, val) in a(c0[i], c1[i]).into_iter().enumerate() {
+                    z[(4 * i + j) * plane + col * g.c_out + o] = val;
+                }
+            }
+        }
+    }
 }
 
 /// Where a tile's 4×4 input patch and 2×2 output block lie.
