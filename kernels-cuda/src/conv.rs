@@ -7,7 +7,7 @@
 //! cached; workspaces come from the stream's memory pool per call.
 
 use std::any::{Any, TypeId};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -139,12 +139,28 @@ impl<T: ConvFloat> Descriptors<T> {
 }
 
 /// The descriptors of one convolution and the algorithm (with its workspace size in bytes)
-/// of each pass.
+/// of each pass, chosen when the pass first runs: an inference-only convolution never asks
+/// for (or fails on) the gradients' algorithms.
 struct Plan<T: ConvFloat> {
     desc: Descriptors<T>,
-    fwd: (cudnnConvolutionFwdAlgo_t, usize),
-    bwd_data: (cudnnConvolutionBwdDataAlgo_t, usize),
-    bwd_filter: (cudnnConvolutionBwdFilterAlgo_t, usize),
+    dims: ConvDims,
+    fwd: Cell<Option<(cudnnConvolutionFwdAlgo_t, usize)>>,
+    bwd_data: Cell<Option<(cudnnConvolutionBwdDataAlgo_t, usize)>>,
+    bwd_filter: Cell<Option<(cudnnConvolutionBwdFilterAlgo_t, usize)>>,
+}
+
+/// The value in `cell`, or `pick()`'s, then kept there.
+fn chosen<A: Copy>(
+    cell: &Cell<Option<(A, usize)>>,
+    pick: impl FnOnce() -> std::result::Result<(A, usize), (&'static str, CudnnError)>,
+    d: ConvDims,
+) -> Result<(A, usize)> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = pick().map_err(|(what, e)| wrap(what, d, e))?;
+    cell.set(Some(v));
+    Ok(v)
 }
 
 type PlanKey = (DeviceId, TypeId, ConvDims);
@@ -204,37 +220,47 @@ impl<T: ConvFloat> Plan<T> {
         let y = cudnn
             .create_4d_tensor::<T>(nchw, dims(d.n, d.c_out, oh, ow)?)
             .map_err(|e| err("output descriptor", e))?;
-        let desc = Descriptors { conv, x, w, y };
-        let fwd = {
-            let op = desc.forward();
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| err("forward algorithm", e))?;
-            let size = op.get_workspace_size(algo);
-            (algo, size.map_err(|e| err("forward workspace", e))?)
-        };
-        let bwd_data = {
-            let op = desc.input_grad();
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| err("input-gradient algorithm", e))?;
-            let size = op.get_workspace_size(algo);
-            (algo, size.map_err(|e| err("input-gradient workspace", e))?)
-        };
-        let bwd_filter = {
-            let op = desc.weight_grad();
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| err("weight-gradient algorithm", e))?;
-            let size = op.get_workspace_size(algo);
-            (algo, size.map_err(|e| err("weight-gradient workspace", e))?)
-        };
         Ok(Self {
-            desc,
-            fwd,
-            bwd_data,
-            bwd_filter,
+            desc: Descriptors { conv, x, w, y },
+            dims: d,
+            fwd: Cell::new(None),
+            bwd_data: Cell::new(None),
+            bwd_filter: Cell::new(None),
         })
+    }
+
+    fn forward_algo(&self) -> Result<(cudnnConvolutionFwdAlgo_t, usize)> {
+        let pick = || {
+            let op = self.desc.forward();
+            let algo = op.pick_algorithm().map_err(|e| ("forward algorithm", e))?;
+            let size = op.get_workspace_size(algo);
+            Ok((algo, size.map_err(|e| ("forward workspace", e))?))
+        };
+        chosen(&self.fwd, pick, self.dims)
+    }
+
+    fn input_grad_algo(&self) -> Result<(cudnnConvolutionBwdDataAlgo_t, usize)> {
+        let pick = || {
+            let op = self.desc.input_grad();
+            let algo = op
+                .pick_algorithm()
+                .map_err(|e| ("input-gradient algorithm", e))?;
+            let size = op.get_workspace_size(algo);
+            Ok((algo, size.map_err(|e| ("input-gradient workspace", e))?))
+        };
+        chosen(&self.bwd_data, pick, self.dims)
+    }
+
+    fn weight_grad_algo(&self) -> Result<(cudnnConvolutionBwdFilterAlgo_t, usize)> {
+        let pick = || {
+            let op = self.desc.weight_grad();
+            let algo = op
+                .pick_algorithm()
+                .map_err(|e| ("weight-gradient algorithm", e))?;
+            let size = op.get_workspace_size(algo);
+            Ok((algo, size.map_err(|e| ("weight-gradient workspace", e))?))
+        };
+        chosen(&self.bwd_filter, pick, self.dims)
     }
 
     /// The cached plan of `d` on `dev` for this thread, made on first use.
@@ -277,7 +303,7 @@ pub fn conv2d_forward<T: ConvFloat>(
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut y = unsafe { dev.alloc::<T>(len)? };
     let plan = Plan::<T>::get(dev, d)?;
-    let (algo, bytes) = plan.fwd;
+    let (algo, bytes) = plan.forward_algo()?;
     let mut ws = workspace(dev, bytes)?;
     let op = plan.desc.forward();
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
@@ -302,7 +328,7 @@ pub fn conv2d_backward_data<T: ConvFloat>(
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut dx = unsafe { dev.alloc::<T>(len)? };
     let plan = Plan::<T>::get(dev, d)?;
-    let (algo, bytes) = plan.bwd_data;
+    let (algo, bytes) = plan.input_grad_algo()?;
     let mut ws = workspace(dev, bytes)?;
     let op = plan.desc.input_grad();
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
@@ -328,7 +354,7 @@ pub fn conv2d_backward_filter<T: ConvFloat>(
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut dw = unsafe { dev.alloc::<T>(len)? };
     let plan = Plan::<T>::get(dev, d)?;
-    let (algo, bytes) = plan.bwd_filter;
+    let (algo, bytes) = plan.weight_grad_algo()?;
     let mut ws = workspace(dev, bytes)?;
     let op = plan.desc.weight_grad();
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).

@@ -293,6 +293,8 @@ fn convolution_matches_the_cpu_op() -> TestResult {
         (1, 5, 4, 8, 7, 3, 0, 1, true),
         (3, 16, 24, 12, 12, 3, 1, 1, true),
         (2, 3, 4, 15, 15, 3, 1, 2, true),
+        // The last input row and column lie under no output pixel: their gradient is 0.
+        (2, 3, 4, 16, 16, 3, 0, 2, true),
         (2, 3, 4, 31, 31, 11, 2, 4, false),
     ]
     .iter()

@@ -129,13 +129,18 @@ impl CustomOp2 for Conv2d {
         };
         let d = dims(x.dims(), w.dims(), padding, stride)?;
         let grad = grad.contiguous()?;
-        // Plain data (the images) needs no input gradient.
+        // Plain data (the images) needs no input gradient...
         let dx = if x.track_op() {
             Some(grad.apply_op2_no_bwd(w, &Self::InputGrad(d))?)
         } else {
             None
         };
-        let dw = x.apply_op2_no_bwd(&grad, &Self::WeightGrad(d))?;
-        Ok((dx, Some(dw)))
+        // Nor does a frozen (untracked) weight.
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &Self::WeightGrad(d))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
