@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, use_cpu_op};
+use crate::cpu::{f32_slice, use_cpu_op, with_scratch};
 use crate::cuda::use_cuda_op;
 use crate::error::{Error, Result};
 
@@ -159,14 +159,32 @@ impl CustomOp1 for MaxPool {
         let (planes, g) = Geom::new(l.dims(), self.k, self.stride)?;
         let mut out = vec![0f32; planes * g.oh * g.ow];
         let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        // The larger of two values, the first on a tie or NaN (as `argmax` scans a window).
+        let larger = |m: f32, v: f32| if v > m { v } else { m };
         out.par_chunks_mut(g.oh * g.ow)
             .zip(x.par_chunks(g.h * g.w))
             .for_each(|(o, plane)| {
-                for i in 0..g.oh {
-                    for j in 0..g.ow {
-                        o[i * g.ow + j] = plane[g.argmax(plane, i, j)].max(floor);
+                with_scratch(g.w, |rows| {
+                    for (i, o) in o.chunks_mut(g.ow).enumerate() {
+                        // The maximum over the window's k rows of each input column, then over
+                        // each window's k columns.
+                        let top = i * g.s * g.w;
+                        rows.copy_from_slice(&plane[top..top + g.w]);
+                        for di in 1..g.k {
+                            let row = &plane[top + di * g.w..][..g.w];
+                            for (m, &v) in rows.iter_mut().zip(row) {
+                                *m = larger(*m, v);
+                            }
+                        }
+                        for (j, o) in o.iter_mut().enumerate() {
+                            let win = &rows[j * g.s..][..g.k];
+                            *o = win[1..]
+                                .iter()
+                                .fold(win[0], |m, &v| larger(m, v))
+                                .max(floor);
+                        }
                     }
-                }
+                })
             });
         let mut dims = l.dims().to_vec();
         dims[2] = g.oh;

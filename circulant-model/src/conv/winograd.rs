@@ -109,7 +109,9 @@ pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
         .into_par_iter()
         .zip(w.par_chunks(9 * BLOCK))
         .for_each(|(dst, w)| {
-            for (oc, k) in w.chunks_exact(9).enumerate() {
+            // The block's 4×4 filters one after the other, then scattered plane by plane.
+            let mut block = vec![[0f32; 16]; w.len() / 9];
+            for (u, k) in block.iter_mut().zip(w.chunks_exact(9)) {
                 let cols = [
                     g(k[0], k[3], k[6]),
                     g(k[1], k[4], k[7]),
@@ -117,9 +119,12 @@ pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
                 ];
                 for i in 0..4 {
                     let row = g(cols[0][i], cols[1][i], cols[2][i]);
-                    for (j, v) in row.into_iter().enumerate() {
-                        dst[4 * i + j][oc] = v;
-                    }
+                    u[4 * i..4 * i + 4].copy_from_slice(&row);
+                }
+            }
+            for (xi, plane) in dst.into_iter().enumerate() {
+                for (d, u) in plane.iter_mut().zip(&block) {
+                    *d = u[xi];
                 }
             }
         });
