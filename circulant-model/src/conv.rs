@@ -501,8 +501,7 @@ impl CustomOp3 for Conv2dBackward {
             },
             None => None,
         };
-        let (per_task, parallel_gemm) = g.split();
-        let (l, ckk, c_out) = (g.l(), g.ckk(), g.c_out);
+        let (ckk, c_out) = (g.ckk(), g.c_out);
         let wn = c_out * ckk;
         let dx_len = if self.input_grad { g.n * g.in_len() } else { 0 };
         let mut out = vec![0f32; wn + c_out + dx_len];
@@ -518,86 +517,10 @@ impl CustomOp3 for Conv2dBackward {
         if winograd::applies(&g) && (!self.input_grad || dx_winograd.is_some()) {
             let (dw, db) = dwb.split_at_mut(wn);
             winograd::weight_grad(&g, x, (dy, relu_y), dw);
-            db.par_iter_mut().enumerate().for_each(|(o, b)| {
-                *b = (0..g.n)
-                    .map(|i| {
-                        let at = (i * c_out + o) * l;
-                        let plane = &dy[at..][..l];
-                        match relu_y {
-                            Some(y) => {
-                                let y = &y[at..][..l];
-                                lane_sums(plane, y, |d, y| (if y > 0.0 { d } else { 0.0 }, 0.0)).0
-                            }
-                            None => lane_sums(plane, plane, |v, _| (v, 0.0)).0,
-                        }
-                    })
-                    .sum();
-            });
+            g.bias_grad((dy, relu_y), db);
         } else {
-            let weight_t = Mat::rows(w, c_out, ckk).t();
-            let tasks = g.n.div_ceil(per_task);
-            let mut dx_chunks: Vec<Option<&mut [f32]>> = if self.input_grad && dx_winograd.is_none()
-            {
-                dx.chunks_mut(per_task * g.in_len()).map(Some).collect()
-            } else {
-                (0..tasks).map(|_| None).collect()
-            };
-            // Each task sums its images' weight and bias gradients into its own buffer, the weight
-            // gradient transposed, `(c_in·k·k, c_out)`: as `cols · dyᵀ` gemm then repacks the
-            // (c_out, pixels) `dy` rather than the (c_in·k·k, pixels) patch matrix, which `dy ·
-            // colsᵀ` into a row-major `dW` had it transpose (15% of AlexNet's conv1 backward).
-            let partial: Vec<Vec<f32>> = dx_chunks
-                .par_iter_mut()
-                .zip(x.par_chunks(per_task * g.in_len()))
-                .zip(dy.par_chunks(per_task * g.out_len()))
-                .enumerate()
-                .map(|(task, ((dxs, xs), dys))| {
-                    let mut acc = vec![0f32; wn + c_out];
-                    let mut masked = vec![0f32; if relu_y.is_some() { g.out_len() } else { 0 }];
-                    let mut dxs = dxs.as_deref_mut().map(|d| d.chunks_mut(g.in_len()));
-                    for (i, (img, gy)) in xs
-                        .chunks(g.in_len())
-                        .zip(dys.chunks(g.out_len()))
-                        .enumerate()
-                    {
-                        let gy = match relu_y {
-                            Some(y) => {
-                                let y = &y[(task * per_task + i) * g.out_len()..][..g.out_len()];
-                                for ((m, &d), &v) in masked.iter_mut().zip(gy).zip(y) {
-                                    *m = if v > 0.0 { d } else { 0.0 };
-                                }
-                                &masked[..]
-                            }
-                            None => gy,
-                        };
-                        let (dw_t, db) = acc.split_at_mut(wn);
-                        for (b, plane) in db.iter_mut().zip(gy.chunks(l)) {
-                            *b += lane_sums(plane, plane, |v, _| (v, 0.0)).0;
-                        }
-                        let gy = Mat::rows(gy, c_out, l);
-                        with_scratch(ckk * l, |cols| {
-                            g.im2col(img, 0..g.oh, cols, parallel_gemm);
-                            matmul(dw_t, Mat::rows(cols, ckk, l), gy.t(), true, parallel_gemm);
-                            if let Some(dx) = dxs.as_mut().and_then(|d| d.next()) {
-                                matmul(cols, weight_t, gy, false, parallel_gemm);
-                                g.col2im(cols, dx, parallel_gemm);
-                            }
-                        });
-                    }
-                    acc
-                })
-                .collect();
-            let mut partial = partial.into_iter();
-            if let Some(mut total) = partial.next() {
-                for p in partial {
-                    for (a, v) in total.iter_mut().zip(&p) {
-                        *a += v;
-                    }
-                }
-                let (dw_t, db) = total.split_at(wn);
-                transpose(dw_t, ckk, c_out, &mut dwb[..wn]);
-                dwb[wn..].copy_from_slice(db);
-            }
+            let dx = (self.input_grad && dx_winograd.is_none()).then_some(&mut *dx);
+            g.im2col_grads((x, w), (dy, relu_y), dwb, dx);
         }
         if let Some(t) = dx_winograd {
             let u = winograd::filters(&winograd::flipped(w, c_out, g.c_in), g.c_in, c_out);
@@ -606,6 +529,107 @@ impl CustomOp3 for Conv2dBackward {
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), len.into()))
+    }
+}
+
+impl Geometry {
+    /// `db[o] = Σ dy[·, o, ·, ·]`, `dy` read as 0 where a `relu_y` (the fused ReLU's output) is
+    /// not positive.
+    fn bias_grad(&self, (dy, relu_y): (&[f32], Option<&[f32]>), db: &mut [f32]) {
+        let l = self.l();
+        db.par_iter_mut().enumerate().for_each(|(o, b)| {
+            *b = (0..self.n)
+                .map(|i| {
+                    let at = (i * self.c_out + o) * l;
+                    let plane = &dy[at..][..l];
+                    match relu_y {
+                        Some(y) => {
+                            let y = &y[at..][..l];
+                            lane_sums(plane, y, |d, y| (if y > 0.0 { d } else { 0.0 }, 0.0)).0
+                        }
+                        None => lane_sums(plane, plane, |v, _| (v, 0.0)).0,
+                    }
+                })
+                .sum();
+        });
+    }
+
+    /// The weight and bias gradients into `dwb` (`[dW, db]`) and, with `dx`, the input gradient
+    /// as `col2im(Wᵀ·dy)`, image by image from each image's patch matrix; `dy` is read as 0
+    /// where a `relu_y` is not positive.
+    fn im2col_grads(
+        &self,
+        (x, w): (&[f32], &[f32]),
+        (dy, relu_y): (&[f32], Option<&[f32]>),
+        dwb: &mut [f32],
+        dx: Option<&mut [f32]>,
+    ) {
+        let g = self;
+        let (per_task, parallel_gemm) = g.split();
+        let (l, ckk, c_out) = (g.l(), g.ckk(), g.c_out);
+        let wn = c_out * ckk;
+        let weight_t = Mat::rows(w, c_out, ckk).t();
+        let tasks = g.n.div_ceil(per_task);
+        let mut dx_chunks: Vec<Option<&mut [f32]>> = match dx {
+            Some(dx) => dx.chunks_mut(per_task * g.in_len()).map(Some).collect(),
+            None => (0..tasks).map(|_| None).collect(),
+        };
+        // Each task sums its images' weight and bias gradients into its own buffer, the weight
+        // gradient transposed, `(c_in·k·k, c_out)`: as `cols · dyᵀ` gemm then repacks the
+        // (c_out, pixels) `dy` rather than the (c_in·k·k, pixels) patch matrix, which `dy ·
+        // colsᵀ` into a row-major `dW` had it transpose (15% of AlexNet's conv1 backward).
+        let partial: Vec<Vec<f32>> = dx_chunks
+            .par_iter_mut()
+            .zip(x.par_chunks(per_task * g.in_len()))
+            .zip(dy.par_chunks(per_task * g.out_len()))
+            .enumerate()
+            .map(|(task, ((dxs, xs), dys))| {
+                let mut acc = vec![0f32; wn + c_out];
+                let mut masked = vec![0f32; if relu_y.is_some() { g.out_len() } else { 0 }];
+                let mut dxs = dxs.as_deref_mut().map(|d| d.chunks_mut(g.in_len()));
+                for (i, (img, gy)) in xs
+                    .chunks(g.in_len())
+                    .zip(dys.chunks(g.out_len()))
+                    .enumerate()
+                {
+                    let gy = match relu_y {
+                        Some(y) => {
+                            let y = &y[(task * per_task + i) * g.out_len()..][..g.out_len()];
+                            for ((m, &d), &v) in masked.iter_mut().zip(gy).zip(y) {
+                                *m = if v > 0.0 { d } else { 0.0 };
+                            }
+                            &masked[..]
+                        }
+                        None => gy,
+                    };
+                    let (dw_t, db) = acc.split_at_mut(wn);
+                    for (b, plane) in db.iter_mut().zip(gy.chunks(l)) {
+                        *b += lane_sums(plane, plane, |v, _| (v, 0.0)).0;
+                    }
+                    let gy = Mat::rows(gy, c_out, l);
+                    with_scratch(ckk * l, |cols| {
+                        g.im2col(img, 0..g.oh, cols, parallel_gemm);
+                        matmul(dw_t, Mat::rows(cols, ckk, l), gy.t(), true, parallel_gemm);
+                        if let Some(dx) = dxs.as_mut().and_then(|d| d.next()) {
+                            matmul(cols, weight_t, gy, false, parallel_gemm);
+                            g.col2im(cols, dx, parallel_gemm);
+                        }
+                    });
+                }
+                acc
+            })
+            .collect();
+        let mut partial = partial.into_iter();
+        if let Some(mut total) = partial.next() {
+            for p in partial {
+                for (a, v) in total.iter_mut().zip(&p) {
+                    *a += v;
+                }
+            }
+            let (dw_t, db) = total.split_at(wn);
+            transpose(dw_t, ckk, c_out, &mut dwb[..wn]);
+            dwb[wn..].copy_from_slice(db);
+        }
     }
 }
 
