@@ -564,14 +564,13 @@ impl Geometry {
         dwb: &mut [f32],
         dx: Option<&mut [f32]>,
     ) {
-        let g = self;
-        let (per_task, parallel_gemm) = g.split();
-        let (l, ckk, c_out) = (g.l(), g.ckk(), g.c_out);
+        let (per_task, parallel_gemm) = self.split();
+        let (l, ckk, c_out) = (self.l(), self.ckk(), self.c_out);
         let wn = c_out * ckk;
         let weight_t = Mat::rows(w, c_out, ckk).t();
-        let tasks = g.n.div_ceil(per_task);
+        let tasks = self.n.div_ceil(per_task);
         let mut dx_chunks: Vec<Option<&mut [f32]>> = match dx {
-            Some(dx) => dx.chunks_mut(per_task * g.in_len()).map(Some).collect(),
+            Some(dx) => dx.chunks_mut(per_task * self.in_len()).map(Some).collect(),
             None => (0..tasks).map(|_| None).collect(),
         };
         // Each task sums its images' weight and bias gradients into its own buffer, the weight
@@ -580,21 +579,21 @@ impl Geometry {
         // colsᵀ` into a row-major `dW` had it transpose (15% of AlexNet's conv1 backward).
         let partial: Vec<Vec<f32>> = dx_chunks
             .par_iter_mut()
-            .zip(x.par_chunks(per_task * g.in_len()))
-            .zip(dy.par_chunks(per_task * g.out_len()))
+            .zip(x.par_chunks(per_task * self.in_len()))
+            .zip(dy.par_chunks(per_task * self.out_len()))
             .enumerate()
             .map(|(task, ((dxs, xs), dys))| {
                 let mut acc = vec![0f32; wn + c_out];
-                let mut masked = vec![0f32; if relu_y.is_some() { g.out_len() } else { 0 }];
-                let mut dxs = dxs.as_deref_mut().map(|d| d.chunks_mut(g.in_len()));
+                let mut masked = vec![0f32; if relu_y.is_some() { self.out_len() } else { 0 }];
+                let mut dxs = dxs.as_deref_mut().map(|d| d.chunks_mut(self.in_len()));
                 for (i, (img, gy)) in xs
-                    .chunks(g.in_len())
-                    .zip(dys.chunks(g.out_len()))
+                    .chunks(self.in_len())
+                    .zip(dys.chunks(self.out_len()))
                     .enumerate()
                 {
                     let gy = match relu_y {
                         Some(y) => {
-                            let y = &y[(task * per_task + i) * g.out_len()..][..g.out_len()];
+                            let y = &y[(task * per_task + i) * self.out_len()..][..self.out_len()];
                             for ((m, &d), &v) in masked.iter_mut().zip(gy).zip(y) {
                                 *m = if v > 0.0 { d } else { 0.0 };
                             }
@@ -608,11 +607,11 @@ impl Geometry {
                     }
                     let gy = Mat::rows(gy, c_out, l);
                     with_scratch(ckk * l, |cols| {
-                        g.im2col(img, 0..g.oh, cols, parallel_gemm);
+                        self.im2col(img, 0..self.oh, cols, parallel_gemm);
                         matmul(dw_t, Mat::rows(cols, ckk, l), gy.t(), true, parallel_gemm);
                         if let Some(dx) = dxs.as_mut().and_then(|d| d.next()) {
                             matmul(cols, weight_t, gy, false, parallel_gemm);
-                            g.col2im(cols, dx, parallel_gemm);
+                            self.col2im(cols, dx, parallel_gemm);
                         }
                     });
                 }

@@ -1,6 +1,6 @@
 //! Process settings the trainer makes once at start (a library never does): thread pools, the
-//! C heap, denormal floats, the GPU memory pool. Each can be overridden from the environment; `trainer --help`
-//! lists them, and docs/BENCHMARKS.md has the measurements behind them.
+//! C heap, denormal floats, the GPU memory pool. Each can be overridden from the environment;
+//! `trainer --help` lists them, and docs/BENCHMARKS.md has the measurements behind them.
 
 use candle_core::Device;
 
