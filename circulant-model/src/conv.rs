@@ -541,14 +541,7 @@ impl Geometry {
             *b = (0..self.n)
                 .map(|i| {
                     let at = (i * self.c_out + o) * l;
-                    let plane = &dy[at..][..l];
-                    match relu_y {
-                        Some(y) => {
-                            let y = &y[at..][..l];
-                            lane_sums(plane, y, |d, y| (if y > 0.0 { d } else { 0.0 }, 0.0)).0
-                        }
-                        None => lane_sums(plane, plane, |v, _| (v, 0.0)).0,
-                    }
+                    plane_sum(&dy[at..][..l], relu_y.map(|y| &y[at..][..l]))
                 })
                 .sum();
         });
@@ -603,7 +596,7 @@ impl Geometry {
                     };
                     let (dw_t, db) = acc.split_at_mut(wn);
                     for (b, plane) in db.iter_mut().zip(gy.chunks(l)) {
-                        *b += lane_sums(plane, plane, |v, _| (v, 0.0)).0;
+                        *b += plane_sum(plane, None);
                     }
                     let gy = Mat::rows(gy, c_out, l);
                     with_scratch(ckk * l, |cols| {
@@ -629,6 +622,14 @@ impl Geometry {
             transpose(dw_t, ckk, c_out, &mut dwb[..wn]);
             dwb[wn..].copy_from_slice(db);
         }
+    }
+}
+
+/// `Σ plane`, its values read as 0 where `relu_y` (the fused ReLU's output) is not positive.
+fn plane_sum(plane: &[f32], relu_y: Option<&[f32]>) -> f32 {
+    match relu_y {
+        Some(y) => lane_sums(plane, y, |d, y| (if y > 0.0 { d } else { 0.0 }, 0.0)).0,
+        None => lane_sums(plane, plane, |v, _| (v, 0.0)).0,
     }
 }
 
