@@ -1,10 +1,11 @@
-//! CPU time of the five convolutions (each followed by a ReLU) of AlexNet (and its first max
-//! pool) or of cifar-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same layers,
-//! same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed by
-//! other work on the machine).
+//! CPU time of the convolutions (each followed by a ReLU) of AlexNet (and its first max pool),
+//! cifar-cnn or mnist-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same
+//! layers, same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed
+//! by other work on the machine). With `train`, each call is the forward pass and the backward
+//! pass of the sum of the outputs (input, weight and bias gradients) instead.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar]
+//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar|mnist] [train]
 //! ```
 
 use std::time::Instant;
@@ -30,39 +31,56 @@ fn fastest_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn main() -> Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(1), |s| s.parse())?;
     let net = std::env::args().nth(2).unwrap_or_else(|| "alexnet".into());
+    let train = match std::env::args().nth(3).as_deref() {
+        None => false,
+        Some("train") => true,
+        Some(other) => return Err(format!("unknown mode {other:?}: train or nothing").into()),
+    };
     let dev = Device::Cpu;
     // name, c_in, c_out, kernel, stride, padding, input side
-    let layers = match net.as_str() {
-        "alexnet" => [
+    let layers: &[(&str, usize, usize, usize, usize, usize, usize)] = match net.as_str() {
+        "alexnet" => &[
             ("conv1", 3, 64, 11, 4, 2, 224),
             ("conv2", 64, 192, 5, 1, 2, 27),
             ("conv3", 192, 384, 3, 1, 1, 13),
             ("conv4", 384, 256, 3, 1, 1, 13),
             ("conv5", 256, 256, 3, 1, 1, 13),
         ],
-        "cifar" => [
+        "cifar" => &[
             ("conv1", 3, 64, 3, 1, 1, 32),
             ("conv2", 64, 64, 3, 1, 1, 32),
             ("conv3", 64, 128, 3, 1, 1, 16),
             ("conv4", 128, 128, 3, 1, 1, 16),
             ("conv5", 128, 256, 3, 1, 1, 8),
         ],
-        other => return Err(format!("unknown network {other:?}: alexnet or cifar").into()),
+        "mnist" => &[
+            ("conv1", 1, 32, 5, 1, 0, 28),
+            ("conv2", 32, 64, 5, 1, 0, 12),
+        ],
+        other => return Err(format!("unknown network {other:?}: alexnet, cifar or mnist").into()),
     };
     let mut total = 0.0;
-    for (name, ci, co, k, s, p, h) in layers {
+    for &(name, ci, co, k, s, p, h) in layers {
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?)?;
         let b = Var::from_tensor(&Tensor::zeros(co, DType::F32, &dev)?)?;
         let conv = Conv2dLayer::new(w, b, p, s)?;
         let x = Tensor::randn(0f32, 1.0, (n, ci, h, h), &dev)?;
+        let xv = Var::from_tensor(&x)?;
         let ms = fastest_ms(|| {
-            conv.forward(&x)?.relu()?;
+            if train {
+                conv.forward(xv.as_tensor())?
+                    .relu()?
+                    .sum_all()?
+                    .backward()?;
+            } else {
+                conv.forward(&x)?.relu()?;
+            }
             Ok(())
         })?;
         total += ms;
         println!("{name} b{n} {ms:.3} ms");
     }
-    if net == "alexnet" {
+    if net == "alexnet" && !train {
         let x = Tensor::randn(0f32, 1.0, (n, 64, 55, 55), &dev)?;
         let ms = fastest_ms(|| {
             max_pool2d(&x, 3, 2)?;

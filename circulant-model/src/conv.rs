@@ -1,5 +1,5 @@
-//! 2-d convolution: candle's `conv2d` on the GPU, an im2col + gemm (or, for 3×3 kernels,
-//! Winograd) custom op on the CPU.
+//! 2-d convolution: candle's `conv2d` on the GPU, an im2col + gemm (or, for 3×3 and 5×5
+//! kernels, Winograd) custom op on the CPU.
 //!
 //! Why a custom CPU op: candle 0.11's CPU `conv2d` gathers its patches with scattered writes
 //! inside nested rayon loops, and its input gradient goes through `conv_transpose2d`, a direct
@@ -132,13 +132,13 @@ impl Conv2dLayer {
 /// a mnist-cnn training step and its backward goes through the slow `conv_transpose2d`
 /// (docs/bench/). This op runs the classic im2col + gemm scheme instead: per (image, block of
 /// output rows) task (see [`Geometry::blocks`]), the block's columns of the `(c_in·k·k, L)`
-/// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. 3×3,
-/// stride-1 convolutions with enough channels and output pixels take Winograd's F(2×2, 3×3)
-/// instead (see `winograd`): 16 multiply-adds per 2×2 outputs and channel pair, not 36. The
-/// backward pass recomputes the patch matrix, takes `dW += G·colsᵀ` and `dcols = Wᵀ·G` per
-/// image and scatters `dcols` back onto the input gradient; its images are split over rayon's
-/// threads (or, for fewer images than threads, the products are). With `relu` the op returns
-/// `relu(conv2d(x, w) + b)`.
+/// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. 3×3
+/// and 5×5, stride-1 convolutions with enough channels and output pixels take Winograd's
+/// F(2×2, 3×3) or F(2×2, 5×5) instead (see `winograd`): 16 multiply-adds per 2×2 outputs and
+/// channel pair, not 36, or 36, not 100. The backward pass recomputes the patch matrix, takes
+/// `dW += G·colsᵀ` and `dcols = Wᵀ·G` per image and scatters `dcols` back onto the input
+/// gradient; its images are split over rayon's threads (or, for fewer images than threads, the
+/// products are). With `relu` the op returns `relu(conv2d(x, w) + b)`.
 struct Conv2dOp {
     padding: usize,
     stride: usize,
@@ -397,7 +397,7 @@ impl CustomOp3 for Conv2dOp {
         }
         let mut y = vec![0f32; g.n * g.out_len()];
         if winograd::applies(&g) {
-            let u = winograd::filters(w, g.c_out, g.c_in);
+            let u = winograd::filters(&g, w);
             winograd::forward(&g, (x, None), &u, bias, self.relu, &mut y);
             return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
         }
@@ -514,7 +514,7 @@ impl CustomOp3 for Conv2dBackward {
             .flatten();
         // The weight gradient as Winograd F(2×2, 3×3) where the forward pass runs that way (and
         // the input gradient needs no per-image patch matrix), or per image from im2col.
-        if winograd::applies(&g) && (!self.input_grad || dx_winograd.is_some()) {
+        if winograd::weight_grad_applies(&g) && (!self.input_grad || dx_winograd.is_some()) {
             let (dw, db) = dwb.split_at_mut(wn);
             winograd::weight_grad(&g, x, (dy, relu_y), dw);
             g.bias_grad((dy, relu_y), db);
@@ -523,7 +523,7 @@ impl CustomOp3 for Conv2dBackward {
             g.im2col_grads((x, w), (dy, relu_y), dwb, dx);
         }
         if let Some(t) = dx_winograd {
-            let u = winograd::filters(&winograd::flipped(w, c_out, g.c_in), g.c_in, c_out);
+            let u = winograd::filters(&t, &winograd::flipped(&g, w));
             let zero_bias = vec![0f32; g.c_in];
             winograd::forward(&t, (dy, relu_y), &u, &zero_bias, false, dx);
         }
@@ -829,16 +829,23 @@ mod tests {
             (4, 2, 2, 10, 9, 3, 1, 2),
             (1, 4, 6, 8, 8, 5, 4, 3),
             (7, 1, 2, 4, 4, 1, 0, 1),
-            // 3×3, stride 1, c_in >= 16, >= 512 tiles of 2×2 outputs: the Winograd forward, on
-            // odd and even sizes with paddings 0-2; with c_out >= 16 too, the input gradient
-            // as a Winograd convolution of dy.
+            // 3×3, stride 1, c_in and c_out >= 16, >= 512 tiles of 2×2 outputs: the Winograd
+            // forward and input gradient, on odd and even sizes with paddings 0-2; with
+            // c_out < 16, im2col.
             (2, 16, 5, 32, 31, 3, 1, 1),
             (1, 17, 40, 49, 47, 3, 0, 1),
-            (3, 16, 4, 33, 34, 3, 2, 1),
+            (3, 16, 17, 33, 34, 3, 2, 1),
             (2, 16, 16, 32, 32, 3, 1, 1),
             (3, 5, 18, 30, 29, 3, 2, 1),
             // More filter pairs (1,320) than one task of the filter transform takes.
             (2, 40, 33, 32, 32, 3, 1, 1),
+            // 5×5, stride 1: Winograd F(2×2, 5×5) on odd and even sizes with paddings 0-4.
+            (2, 16, 20, 32, 31, 5, 2, 1),
+            (1, 17, 20, 50, 49, 5, 0, 1),
+            (3, 16, 16, 27, 27, 5, 2, 1),
+            (2, 16, 17, 30, 29, 5, 4, 1),
+            (2, 18, 16, 33, 34, 5, 1, 1),
+            (2, 16, 16, 32, 32, 5, 3, 1),
         ] {
             check_against_reference(&mut rng, case);
         }
@@ -854,6 +861,32 @@ mod tests {
             .unwrap();
         let mut rng = StdRng::seed_from_u64(3);
         pool.install(|| check_against_reference(&mut rng, (1, 17, 40, 49, 47, 3, 1, 1)));
+    }
+
+    /// The Winograd weight gradient sums its tile blocks in a fixed order: repeated calls on
+    /// many threads give the same bits (exact resume depends on it).
+    #[test]
+    fn winograd_weight_gradient_is_deterministic() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .build()
+            .unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        for (c_in, c_out, h, k) in [(16, 16, 40, 3), (16, 16, 40, 5)] {
+            let x = random_var(&mut rng, &[4, c_in, h, h]);
+            let wt = random_var(&mut rng, &[c_out, c_in, k, k]);
+            let b = random_var(&mut rng, &[c_out]);
+            let conv = Conv2dLayer::new(wt.clone(), b, k / 2, 1).unwrap();
+            let gy = random_var(&mut rng, &[4, c_out, h, h]);
+            let dw = || {
+                let y = conv.forward(&x).unwrap();
+                host(weighted_grads(&y, gy.as_tensor()).get(&wt).unwrap())
+            };
+            let first = pool.install(dw);
+            for _ in 0..4 {
+                assert_eq!(pool.install(dw), first, "{k}×{k}");
+            }
+        }
     }
 
     /// The fused ReLU equals candle's `relu` after the layer, values and all three gradients.

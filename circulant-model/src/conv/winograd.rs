@@ -1,17 +1,19 @@
-//! The forward pass of a 3×3, stride-1 convolution as Winograd's minimal filtering F(2×2, 3×3)
-//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016).
+//! The forward pass of a stride-1 convolution with a 3×3 or 5×5 kernel as Winograd's minimal
+//! filtering F(2×2, 3×3) or F(2×2, 5×5) (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", CVPR 2016).
 //!
-//! Each 2×2 block of output pixels (a *tile*) is computed from the 4×4 input patch under it:
-//! `Y = Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`. The sum over input channels is, for each of the
-//! 16 positions ξ of the 4×4 transformed patch, a product of the `(c_out, c_in)` matrix of
-//! transformed filters `U[ξ]` with the `(c_in, tiles)` matrix of transformed patches `V[ξ]`:
-//! 16 multiply-adds per tile and channel pair instead of im2col's 36 (4 pixels × 9 taps).
-//! The transforms themselves are additions (and halvings, for the filters) only.
+//! Each 2×2 block of output pixels (a *tile*) is computed from the `N×N` input patch under it
+//! (`N = k + 1`): `Y = Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`. The sum over input channels is, for
+//! each of the `N²` positions ξ of the transformed patch, a product of the `(c_out, c_in)`
+//! matrix of transformed filters `U[ξ]` with the `(c_in, tiles)` matrix of transformed patches
+//! `V[ξ]`: `N²` multiply-adds per tile and channel pair instead of im2col's `4·k²` (16 instead
+//! of 36 for 3×3 kernels, 36 instead of 100 for 5×5). The transforms are small constant
+//! matrices ([`Algo`]); their products are unrolled at compile time, the zero entries skipped.
 //!
-//! Work is split into tasks of [`TILES`] consecutive tiles (across images), each transforming
-//! its patches into a thread-owned scratch buffer, running its 16 products and writing its
-//! output pixels; with fewer than two blocks of tiles per thread the output channels are split
-//! too.
+//! Work is split into tasks of [`Algo::TILES`] consecutive tiles (across images), each
+//! transforming its patches into a thread-owned scratch buffer, running its `N²` products and
+//! writing its output pixels; with fewer than two blocks of tiles per thread the output
+//! channels are split too.
 //!
 //! The backward pass runs the same way: the input gradient is a Winograd convolution of the
 //! output gradient with the flipped filters ([`input_grad_geometry`]), and the weight gradient
@@ -22,41 +24,204 @@ use rayon::prelude::*;
 use super::Geometry;
 use crate::cpu::{gemm_block, matmul, with_scratch, Mat, SendPtr};
 
-/// Tiles per task. On the AlexNet and cifar-cnn 3×3 convolutions, 32 to 256 ran within the
-/// machine's noise of each other (2-vCPU AMD EPYC, 2026-11-30).
-const TILES: usize = 64;
+/// One Winograd algorithm F(2×2, R×R): its `N×N` input patches (`N = R + 1`) and the 1-d
+/// transforms it applies to the columns, then the rows, of each block.
+pub(super) trait Algo<const N: usize, const R: usize> {
+    /// Tiles per task of the forward pass.
+    const TILES: usize;
+    /// `Bᵀ·a`: the input transform.
+    fn bt(a: [f32; N]) -> [f32; N];
+    /// `G·a`: the filter transform.
+    fn g(a: [f32; R]) -> [f32; N];
+    /// `Aᵀ·a`: the output transform.
+    fn at(a: [f32; N]) -> [f32; 2];
+}
 
-/// Input channels below which the im2col path is faster (its products are then too thin for
-/// 16 separate ones to pay off).
-const MIN_C_IN: usize = 16;
+/// The adjoint transforms of an [`Algo`], which its weight gradient runs on.
+pub(super) trait Adjoint<const N: usize, const R: usize>: Algo<N, R> {
+    /// `Gᵀ·a`: the adjoint of the filter transform (the weight gradient's output transform).
+    fn gt(a: [f32; N]) -> [f32; R];
+    /// `A·a`: the adjoint of the output transform (the weight gradient's transform of `dY`).
+    fn a(a: [f32; 2]) -> [f32; N];
+}
+
+/// F(2×2, 3×3) on the points 0, 1, -1, ∞.
+pub(super) struct F2x3;
+
+impl Algo<4, 3> for F2x3 {
+    /// On the AlexNet and cifar-cnn 3×3 convolutions, 32 to 256 ran within the machine's noise
+    /// of each other (2-vCPU AMD EPYC, 2026-11-30).
+    const TILES: usize = 64;
+
+    /// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    #[inline(always)]
+    fn bt(a: [f32; 4]) -> [f32; 4] {
+        [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]]
+    }
+
+    /// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
+    #[inline(always)]
+    fn g([a, b, c]: [f32; 3]) -> [f32; 4] {
+        [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+    }
+
+    /// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    #[inline(always)]
+    fn at(a: [f32; 4]) -> [f32; 2] {
+        [a[0] + a[1] + a[2], a[1] - a[2] - a[3]]
+    }
+}
+
+impl Adjoint<4, 3> for F2x3 {
+    #[inline(always)]
+    fn gt(a: [f32; 4]) -> [f32; 3] {
+        let (s, d) = (0.5 * (a[1] + a[2]), 0.5 * (a[1] - a[2]));
+        [a[0] + s, d, s + a[3]]
+    }
+
+    #[inline(always)]
+    fn a([p, q]: [f32; 2]) -> [f32; 4] {
+        [p, p + q, p - q, -q]
+    }
+}
+
+/// F(2×2, 5×5) on the points 0, 1, -1, 2, -2, ∞ (the input transform of F(4×4, 3×3)): its
+/// float32 result is within ~2e-6 of the exact one relative to the largest output (F(2×2,
+/// 3×3): ~2e-7). Its adjoint, as a weight gradient, was ~1e-5 off and no faster than im2col's
+/// on AlexNet's conv2 (2-vCPU AMD EPYC Zen 5, 2026-12-02), so 5×5 weight gradients take im2col.
+pub(super) struct F2x5;
+
+impl Algo<6, 5> for F2x5 {
+    const TILES: usize = 32;
+
+    /// `Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+    /// [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]`.
+    #[inline(always)]
+    fn bt(a: [f32; 6]) -> [f32; 6] {
+        let (p, q) = (a[4] - 4.0 * a[2], a[3] - 4.0 * a[1]);
+        let (r, s) = (a[4] - a[2], 2.0 * (a[3] - a[1]));
+        [
+            4.0 * a[0] - 5.0 * a[2] + a[4],
+            p + q,
+            p - q,
+            r + s,
+            r - s,
+            4.0 * a[1] - 5.0 * a[3] + a[5],
+        ]
+    }
+
+    /// `G = [[¼, 0, 0, 0, 0], -⅙·[1, 1, 1, 1, 1], -⅙·[1, -1, 1, -1, 1],
+    /// [1/24, 1/12, ⅙, ⅓, ⅔], [1/24, -1/12, ⅙, -⅓, ⅔], [0, 0, 0, 0, 1]]`.
+    #[inline(always)]
+    fn g([a, b, c, d, e]: [f32; 5]) -> [f32; 6] {
+        let (even, odd) = (a + c + e, b + d);
+        let (even2, odd2) = (a / 24.0 + c / 6.0 + e * (2.0 / 3.0), b / 12.0 + d / 3.0);
+        [
+            a / 4.0,
+            -(even + odd) / 6.0,
+            -(even - odd) / 6.0,
+            even2 + odd2,
+            even2 - odd2,
+            e,
+        ]
+    }
+
+    /// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]]`.
+    #[inline(always)]
+    fn at(m: [f32; 6]) -> [f32; 2] {
+        let (s, d) = ((m[1] + m[2], m[3] + m[4]), (m[1] - m[2], m[3] - m[4]));
+        [m[0] + s.0 + s.1, d.0 + 2.0 * d.1 + m[5]]
+    }
+}
+
+/// The `Q×Q` block of entries `at(i, j)` (explicit loops: `std::array::from_fn` was not
+/// inlined in the transforms' loops).
+#[inline(always)]
+fn block<const Q: usize>(at: impl Fn(usize, usize) -> f32) -> [[f32; Q]; Q] {
+    let mut d = [[0f32; Q]; Q];
+    for (i, row) in d.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = at(i, j);
+        }
+    }
+    d
+}
+
+/// `f` applied to the columns of the `Q×Q` block `d`, then to the rows of the result:
+/// `F·d·Fᵀ` for the `P×Q` matrix `F` of `f`.
+#[inline(always)]
+fn sandwich<const P: usize, const Q: usize>(
+    f: impl Fn([f32; Q]) -> [f32; P],
+    d: &[[f32; Q]; Q],
+) -> [[f32; P]; P] {
+    let mut cols = [[0f32; P]; Q];
+    for (s, col) in cols.iter_mut().enumerate() {
+        let mut v = [0f32; Q];
+        for (r, v) in v.iter_mut().enumerate() {
+            *v = d[r][s];
+        }
+        *col = f(v);
+    }
+    let mut out = [[0f32; P]; P];
+    for (i, row) in out.iter_mut().enumerate() {
+        let mut v = [0f32; Q];
+        for (s, v) in v.iter_mut().enumerate() {
+            *v = cols[s][i];
+        }
+        *row = f(v);
+    }
+    out
+}
+
+/// Runs `$f::<N, R, Algo>($args)` for the algorithm of the geometry's kernel size (3 or 5,
+/// which [`applies`] and [`input_grad_geometry`] guarantee).
+macro_rules! by_kernel {
+    ($g:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $g.k {
+            3 => $f::<4, 3, F2x3>($($arg),*),
+            5 => $f::<6, 5, F2x5>($($arg),*),
+            k => unreachable!("no Winograd algorithm for {k}×{k} kernels"),
+        }
+    };
+}
+
+/// Input or output channels below which the im2col path is faster (the products are then too
+/// thin for `N²` separate ones to pay off; a 5×5 input gradient into one channel, mnist-cnn's
+/// conv1, ran 5× slower as Winograd).
+const MIN_CHANNELS: usize = 16;
+
+/// Output side below which 5×5 convolutions take im2col: on mnist-cnn's conv2 (8×8 outputs,
+/// its input gradient 12×12 from 8×8 padded by 4) F(2×2, 5×5) was no faster (2-vCPU AMD EPYC
+/// Zen 5, 2026-12-02).
+const MIN_SIDE_5X5: usize = 16;
 
 /// Tiles (over the whole batch) below which the im2col path is faster: the filter transform
-/// and 16 products with few columns then cost more than they save (AlexNet's 3×3
+/// and `N²` products with few columns then cost more than they save (AlexNet's 3×3
 /// convolutions at batch 1, 49 tiles: 3-4× slower than im2col).
 const MIN_TILES: usize = 512;
 
 /// Values between the starts of two transformed planes holding `len` values: `len` and one
-/// cache line more, so that the 16 planes a transform writes or reads together do not start
+/// cache line more, so that the `N²` planes a transform writes or reads together do not start
 /// at the same offset modulo 4 KiB (planes of 64 tiles often span a multiple of 4 KiB, and
 /// 16 streams in the same L1 sets made the transforms 5× slower).
 fn padded(len: usize) -> usize {
     len + 16
 }
 
-/// Whether the forward pass of `g` runs as Winograd F(2×2, 3×3).
+/// Whether the forward pass of `g` runs as Winograd F(2×2, k×k).
 pub(super) fn applies(g: &Geometry) -> bool {
-    g.k == 3
+    (g.k == 3 || (g.k == 5 && g.oh.min(g.ow) >= MIN_SIDE_5X5))
         && g.stride == 1
-        && g.c_in >= MIN_C_IN
+        && g.c_in.min(g.c_out) >= MIN_CHANNELS
         && g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2) >= MIN_TILES
 }
 
 /// The input gradient of the convolution `g` as a convolution of its output gradient, when that
-/// runs as Winograd: `dx[c, iy, ix] = Σ_o Σ_ky,kx w[o, c, 2-ky, 2-kx] · dy[o, iy+ky-p', ix+kx-p']`
-/// with `p' = 2 - p`, a 3×3, stride-1 convolution of `dy` `(n, c_out, oh, ow)` into `(n, c_in,
-/// h, w)` with the weight [`flipped`] gives.
+/// runs as Winograd: `dx[c, iy, ix] = Σ_o Σ_ky,kx w[o, c, k-1-ky, k-1-kx] · dy[o, iy+ky-p',
+/// ix+kx-p']` with `p' = k-1-p`, a `k×k`, stride-1 convolution of `dy` `(n, c_out, oh, ow)`
+/// into `(n, c_in, h, w)` with the weight [`flipped`] gives.
 pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
-    if g.k != 3 || g.stride != 1 || g.padding > 2 {
+    if !matches!(g.k, 3 | 5) || g.stride != 1 || g.padding >= g.k {
         return None;
     }
     let t = Geometry {
@@ -65,8 +230,8 @@ pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
         h: g.oh,
         w: g.ow,
         c_out: g.c_in,
-        k: 3,
-        padding: 2 - g.padding,
+        k: g.k,
+        padding: g.k - 1 - g.padding,
         stride: 1,
         oh: g.h,
         ow: g.w,
@@ -74,13 +239,14 @@ pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
     applies(&t).then_some(t)
 }
 
-/// The weight of [`input_grad_geometry`]'s convolution: `w'[c, o] = rot180(w[o, c])`, shaped
-/// `(c_in, c_out, 3, 3)`.
-pub(super) fn flipped(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+/// The weight of [`input_grad_geometry`]'s convolution for the weight `w` of `g`:
+/// `w'[c, o] = rot180(w[o, c])`, shaped `(c_in, c_out, k, k)`.
+pub(super) fn flipped(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let kk = g.k * g.k;
     let mut out = vec![0f32; w.len()];
-    for (oc, k) in w.chunks_exact(9).enumerate() {
-        let (o, c) = (oc / c_in, oc % c_in);
-        let dst = &mut out[(c * c_out + o) * 9..][..9];
+    for (oc, k) in w.chunks_exact(kk).enumerate() {
+        let (o, c) = (oc / g.c_in, oc % g.c_in);
+        let dst = &mut out[(c * g.c_out + o) * kk..][..kk];
         for (d, v) in dst.iter_mut().zip(k.iter().rev()) {
             *d = *v;
         }
@@ -88,43 +254,43 @@ pub(super) fn flipped(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     out
 }
 
-/// The transformed filters `U[ξ] = G g Gᵀ` of a `(c_out, c_in, 3, 3)` weight: 16 row-major
-/// `(c_out, c_in)` planes, plane `ξ = 4·i + j` holding entry `(i, j)` of every 4×4 `U`.
-pub(super) fn filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+/// The transformed filters `U[ξ] = G g Gᵀ` of the `(c_out, c_in, k, k)` weight `w` of `g`:
+/// `N²` row-major `(c_out, c_in)` planes, plane `ξ = N·i + j` holding entry `(i, j)` of every
+/// `N×N` `U`.
+pub(super) fn filters(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    by_kernel!(g, filters_with(g, w))
+}
+
+fn filters_with<const N: usize, const R: usize, T: Algo<N, R>>(
+    g: &Geometry,
+    w: &[f32],
+) -> Vec<f32> {
     /// Filters per rayon task.
     const BLOCK: usize = 1024;
-    let plane = c_out * c_in;
-    let mut u = vec![0f32; 16 * plane];
-    // Task b writes entries b·BLOCK.. of each of the 16 planes.
+    let plane = g.c_out * g.c_in;
+    let mut u = vec![0f32; N * N * plane];
+    // Task b writes entries b·BLOCK.. of each of the N² planes.
     let mut planes: Vec<_> = u.chunks_mut(plane).map(|p| p.chunks_mut(BLOCK)).collect();
-    let blocks: Vec<[&mut [f32]; 16]> = (0..plane.div_ceil(BLOCK))
-        .map(|_| std::array::from_fn(|xi| planes[xi].next().expect("one chunk per block")))
+    let blocks: Vec<Vec<&mut [f32]>> = (0..plane.div_ceil(BLOCK))
+        .map(|_| {
+            planes
+                .iter_mut()
+                .map(|p| p.next().expect("one chunk per block"))
+                .collect()
+        })
         .collect();
-    // G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]] applied to a 3-vector.
-    #[inline(always)]
-    fn g(a: f32, b: f32, c: f32) -> [f32; 4] {
-        [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
-    }
     blocks
         .into_par_iter()
-        .zip(w.par_chunks(9 * BLOCK))
+        .zip(w.par_chunks(R * R * BLOCK))
         .for_each(|(dst, w)| {
-            // The block's 4×4 filters one after the other, then scattered plane by plane.
-            let mut block = vec![[0f32; 16]; w.len() / 9];
-            for (u, k) in block.iter_mut().zip(w.chunks_exact(9)) {
-                let cols = [
-                    g(k[0], k[3], k[6]),
-                    g(k[1], k[4], k[7]),
-                    g(k[2], k[5], k[8]),
-                ];
-                for i in 0..4 {
-                    let row = g(cols[0][i], cols[1][i], cols[2][i]);
-                    u[4 * i..4 * i + 4].copy_from_slice(&row);
-                }
-            }
+            // The block's N×N filters one after the other, then scattered plane by plane.
+            let block: Vec<[[f32; N]; N]> = w
+                .chunks_exact(R * R)
+                .map(|k| sandwich(T::g, &block::<R>(|r, s| k[R * r + s])))
+                .collect();
             for (xi, plane) in dst.into_iter().enumerate() {
                 for (d, u) in plane.iter_mut().zip(&block) {
-                    *d = u[xi];
+                    *d = u[xi / N][xi % N];
                 }
             }
         });
@@ -142,10 +308,21 @@ pub(super) fn forward(
     relu: bool,
     y: &mut [f32],
 ) {
+    by_kernel!(g, forward_with(g, (x, mask), u, bias, relu, y))
+}
+
+fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
+    g: &Geometry,
+    (x, mask): (&[f32], Option<&[f32]>),
+    u: &[f32],
+    bias: &[f32],
+    relu: bool,
+    y: &mut [f32],
+) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     let tiles = g.n * th * tw;
     let threads = rayon::current_num_threads().max(1);
-    let blocks = tiles.div_ceil(TILES);
+    let blocks = tiles.div_ceil(T::TILES);
     // With fewer tile blocks than about two per thread, split the output channels as well.
     let groups = if blocks >= 2 * threads {
         1
@@ -156,7 +333,7 @@ pub(super) fn forward(
     let per_block = if groups > 1 {
         tiles.div_ceil(blocks)
     } else {
-        TILES
+        T::TILES
     };
     let out = SendPtr(y.as_mut_ptr());
     (0..blocks * groups).into_par_iter().for_each(|task| {
@@ -168,19 +345,19 @@ pub(super) fn forward(
         }
         let (nt, no) = (ts.len(), os.len());
         let (vs, ms) = (padded(g.c_in * nt), padded(no * nt));
-        with_scratch(16 * (vs + ms), |buf| {
-            let (v, m) = buf.split_at_mut(16 * vs);
-            let tiles = tile_list(g, ts);
-            transform_input(g, (x, mask), &tiles, v, vs);
+        with_scratch(N * N * (vs + ms), |buf| {
+            let (v, m) = buf.split_at_mut(N * N * vs);
+            let tiles = tile_list::<N>(g, ts);
+            transform_input::<N, R, T>(g, (x, mask), &tiles, v, vs);
             let plane = g.c_out * g.c_in;
-            for xi in 0..16 {
+            for xi in 0..N * N {
                 let a = Mat::rows(&u[xi * plane + os.start * g.c_in..], no, g.c_in);
                 let b = Mat::rows(&v[xi * vs..], g.c_in, nt);
                 // SAFETY: plane ξ of `m` holds `no · nt` values.
                 unsafe { gemm_block(SendPtr(m[xi * ms..].as_mut_ptr()), nt, a, b, false) };
             }
             // SAFETY: this task alone writes the pixels of tiles `ts` in channels `os`.
-            unsafe { transform_output(g, (m, ms), &tiles, os, bias, relu, out) };
+            unsafe { transform_output::<N, R, T>(g, (m, ms), &tiles, os, bias, relu, out) };
         })
     });
 }
@@ -188,13 +365,30 @@ pub(super) fn forward(
 /// Tiles per task of [`weight_grad`]: the inner dimension of its products.
 const GRAD_TILES: usize = 256;
 
-/// The weight gradient of the convolution `g` (when [`applies`]) as Winograd F(2×2, 3×3) run
+/// The weight gradient of the convolution `g` (when [`weight_grad_applies`]) as its Winograd algorithm run
 /// backwards: with `V = Bᵀ d B` the transformed input patch of a tile and `Z = A dY Aᵀ` its
 /// transformed 2×2 output gradient (zero outside the output, and where a `mask` is given and
-/// not positive), `dW[o, c] = Gᵀ (Σ_tiles Z[o] ⊙ V[c]) G`: 16 products over the tiles per
-/// block of them instead of im2col's product over 9 taps per pixel. Into `dw` (`(c_out, c_in,
-/// 3, 3)`, overwritten).
+/// not positive), `dW[o, c] = Gᵀ (Σ_tiles Z[o] ⊙ V[c]) G`: `N²` products over the tiles per
+/// block of them instead of im2col's product over `k²` taps per pixel. Into `dw` (`(c_out,
+/// c_in, k, k)`, overwritten).
 pub(super) fn weight_grad(
+    g: &Geometry,
+    x: &[f32],
+    (dy, mask): (&[f32], Option<&[f32]>),
+    dw: &mut [f32],
+) {
+    match g.k {
+        3 => weight_grad_with::<4, 3, F2x3>(g, x, (dy, mask), dw),
+        k => unreachable!("no Winograd weight gradient for {k}×{k} kernels"),
+    }
+}
+
+/// Whether the weight gradient of `g` runs as [`weight_grad`].
+pub(super) fn weight_grad_applies(g: &Geometry) -> bool {
+    g.k == 3 && applies(g)
+}
+
+fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
     g: &Geometry,
     x: &[f32],
     (dy, mask): (&[f32], Option<&[f32]>),
@@ -202,51 +396,48 @@ pub(super) fn weight_grad(
 ) {
     let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
     let plane = g.c_in * g.c_out;
-    // Per task, 16 planes `Mᵀ[ξ]` (c_in, c_out) summed over its blocks of tiles.
-    let m = (0..tiles.div_ceil(GRAD_TILES))
+    // N² planes `Mᵀ[ξ]` (c_in, c_out) summed over contiguous runs of tile blocks, one run per
+    // task, then over the runs in order: the sum does not depend on which thread took which
+    // block (a resumed training run repeats the uninterrupted one bit for bit).
+    let blocks = tiles.div_ceil(GRAD_TILES);
+    let runs = blocks.min(2 * rayon::current_num_threads().max(1));
+    let partials: Vec<Vec<f32>> = (0..runs)
         .into_par_iter()
-        .fold(
-            || vec![0f32; 16 * plane],
-            |mut acc, blk| {
+        .map(|run| {
+            let mut acc = vec![0f32; N * N * plane];
+            for blk in run * blocks / runs..(run + 1) * blocks / runs {
                 let ts = blk * GRAD_TILES..((blk + 1) * GRAD_TILES).min(tiles);
                 let nt = ts.len();
                 let (vs, zs) = (padded(g.c_in * nt), padded(nt * g.c_out));
-                with_scratch(16 * (vs + zs), |buf| {
-                    let (v, z) = buf.split_at_mut(16 * vs);
-                    let tiles = tile_list(g, ts);
-                    transform_input(g, (x, None), &tiles, v, vs);
-                    transform_grad(g, (dy, mask), &tiles, z, zs);
-                    for xi in 0..16 {
+                with_scratch(N * N * (vs + zs), |buf| {
+                    let (v, z) = buf.split_at_mut(N * N * vs);
+                    let tiles = tile_list::<N>(g, ts);
+                    transform_input::<N, R, T>(g, (x, None), &tiles, v, vs);
+                    transform_grad::<N, R, T>(g, (dy, mask), &tiles, z, zs);
+                    for xi in 0..N * N {
                         let a = Mat::rows(&v[xi * vs..], g.c_in, nt);
                         let b = Mat::rows(&z[xi * zs..], nt, g.c_out);
                         matmul(&mut acc[xi * plane..][..plane], a, b, true, false);
                     }
                 });
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
+            }
+            acc
+        })
+        .collect();
+    let m = partials
+        .into_iter()
+        .reduce(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })
-        .unwrap_or_else(|| vec![0f32; 16 * plane]);
-    // Gᵀ = [[1, ½, ½, 0], [0, ½, -½, 0], [0, ½, ½, 1]] applied to a 4-vector.
-    #[inline(always)]
-    fn gt(a: [f32; 4]) -> [f32; 3] {
-        let (s, d) = (0.5 * (a[1] + a[2]), 0.5 * (a[1] - a[2]));
-        [a[0] + s, d, s + a[3]]
-    }
-    dw.par_chunks_mut(9 * g.c_in)
+        .unwrap_or_else(|| vec![0f32; N * N * plane]);
+    dw.par_chunks_mut(R * R * g.c_in)
         .enumerate()
         .for_each(|(o, dw)| {
-            for (c, k) in dw.chunks_exact_mut(9).enumerate() {
-                let mv = |xi: usize| m[xi * plane + c * g.c_out + o];
-                // Gᵀ M on the columns of M (a 3×4 result), then G on its rows.
-                let cols: [[f32; 3]; 4] =
-                    std::array::from_fn(|j| gt([mv(j), mv(4 + j), mv(8 + j), mv(12 + j)]));
-                for r in 0..3 {
-                    let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
-                    k[3 * r..3 * r + 3].copy_from_slice(&row);
+            for (c, k) in dw.chunks_exact_mut(R * R).enumerate() {
+                let mv = block::<N>(|i, j| m[(N * i + j) * plane + c * g.c_out + o]);
+                for (r, row) in sandwich(T::gt, &mv).iter().enumerate() {
+                    k[R * r..R * r + R].copy_from_slice(row);
                 }
             }
         });
@@ -254,19 +445,14 @@ pub(super) fn weight_grad(
 
 /// `Z[ξ][t][o] = (A dY Aᵀ)[ξ]` for the 2×2 output-gradient block `dY` of channel `o` under each
 /// tile `t` (zero outside the output, and where a `mask` is given and not positive), into `z`:
-/// 16 row-major `(tiles.len(), c_out)` planes, `plane` values apart.
-fn transform_grad(
+/// `N²` row-major `(tiles.len(), c_out)` planes, `plane` values apart.
+fn transform_grad<const N: usize, const R: usize, T: Adjoint<N, R>>(
     g: &Geometry,
     (dy, mask): (&[f32], Option<&[f32]>),
     tiles: &[Tile],
     z: &mut [f32],
     plane: usize,
 ) {
-    // A = [[1, 0], [1, 1], [1, -1], [0, -1]] applied to a 2-vector.
-    #[inline(always)]
-    fn a(p: f32, q: f32) -> [f32; 4] {
-        [p, p + q, p - q, -q]
-    }
     let (oh, ow) = (g.oh, g.ow);
     for (col, tile) in tiles.iter().enumerate() {
         let (rows, cols) = ((oh - tile.oy).min(2), (ow - tile.ox).min(2));
@@ -281,18 +467,16 @@ fn transform_grad(
                     }
                 }
             }
-            // A on the columns of dY (a 4×2 result), then on its rows.
-            let (c0, c1) = (a(d[0][0], d[1][0]), a(d[0][1], d[1][1]));
-            for i in 0..4 {
-                for (j, val) in a(c0[i], c1[i]).into_iter().enumerate() {
-                    z[(4 * i + j) * plane + col * g.c_out + o] = val;
+            for (i, row) in sandwich(T::a, &d).iter().enumerate() {
+                for (j, &val) in row.iter().enumerate() {
+                    z[(N * i + j) * plane + col * g.c_out + o] = val;
                 }
             }
         }
     }
 }
 
-/// Where a tile's 4×4 input patch and 2×2 output block lie.
+/// Where a tile's `N×N` input patch and 2×2 output block lie.
 #[derive(Clone, Copy)]
 struct Tile {
     /// Image index.
@@ -306,7 +490,7 @@ struct Tile {
 }
 
 /// The tiles `ts` (numbered image by image, row by row) of `g`.
-fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
+fn tile_list<const N: usize>(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
     let (th, tw, p) = (g.oh.div_ceil(2), g.ow.div_ceil(2), g.padding as isize);
     ts.map(|t| {
         let (img, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
@@ -321,10 +505,10 @@ fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
     .collect()
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the 4×4 input patch `d` of channel `c` under each tile `t`
-/// (zero outside the image, and where a `mask` is given and not positive), into `v`: 16
+/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the `N×N` input patch `d` of channel `c` under each tile `t`
+/// (zero outside the image, and where a `mask` is given and not positive), into `v`: `N²`
 /// row-major `(c_in, tiles.len())` planes, `plane` values apart.
-fn transform_input(
+fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
     g: &Geometry,
     (x, mask): (&[f32], Option<&[f32]>),
     tiles: &[Tile],
@@ -333,21 +517,16 @@ fn transform_input(
 ) {
     let nt = tiles.len();
     let (h, w) = (g.h as isize, g.w as isize);
-    // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-    #[inline(always)]
-    fn bt(a: [f32; 4]) -> [f32; 4] {
-        [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]]
-    }
     for c in 0..g.c_in {
         for (col, tile) in tiles.iter().enumerate() {
             let start = (tile.img * g.c_in + c) * g.h * g.w;
             let src = &x[start..][..g.h * g.w];
             let (y0, x0) = (tile.y0, tile.x0);
-            let mut d = [[0f32; 4]; 4];
-            if y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w {
+            let mut d = [[0f32; N]; N];
+            if y0 >= 0 && x0 >= 0 && y0 + N as isize <= h && x0 + N as isize <= w {
                 for (r, row) in d.iter_mut().enumerate() {
                     let at = (y0 as usize + r) * g.w + x0 as usize;
-                    *row = src[at..at + 4].try_into().expect("4 values");
+                    *row = src[at..at + N].try_into().expect("N values");
                 }
             } else {
                 for (r, row) in d.iter_mut().enumerate() {
@@ -375,15 +554,9 @@ fn transform_input(
                     }
                 }
             }
-            // Bᵀ on the columns of d, then on the rows of the result.
-            let mut cols = [[0f32; 4]; 4];
-            for (s, col) in cols.iter_mut().enumerate() {
-                *col = bt([d[0][s], d[1][s], d[2][s], d[3][s]]);
-            }
-            for i in 0..4 {
-                let out = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
-                for (j, val) in out.into_iter().enumerate() {
-                    v[(4 * i + j) * plane + c * nt + col] = val;
+            for (i, row) in sandwich(T::bt, &d).iter().enumerate() {
+                for (j, &val) in row.iter().enumerate() {
+                    v[(N * i + j) * plane + c * nt + col] = val;
                 }
             }
         }
@@ -391,13 +564,13 @@ fn transform_input(
 }
 
 /// `Y = Aᵀ M A` (+ bias, ReLU) for every tile of `tiles` and channel of `os`, from the products
-/// `m` (16 row-major `(os.len(), tiles.len())` planes, `m.1` values apart), written to the
+/// `m` (`N²` row-major `(os.len(), tiles.len())` planes, `m.1` values apart), written to the
 /// output pixels inside the image.
 ///
 /// # Safety
 /// `out` points at the `(n, c_out, oh, ow)` output, and no other thread writes the pixels of
 /// these tiles and channels.
-unsafe fn transform_output(
+unsafe fn transform_output<const N: usize, const R: usize, T: Algo<N, R>>(
     g: &Geometry,
     m: (&[f32], usize),
     tiles: &[Tile],
@@ -407,24 +580,13 @@ unsafe fn transform_output(
     out: SendPtr,
 ) {
     let ((m, plane), nt) = (m, tiles.len());
-    // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
-    #[inline(always)]
-    fn at(a: [f32; 4]) -> [f32; 2] {
-        [a[0] + a[1] + a[2], a[1] - a[2] - a[3]]
-    }
     for (row, o) in os.enumerate() {
-        // The 16 planes of this output channel's products.
-        let mp: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * plane + row * nt..][..nt]);
+        // The N² planes of this output channel's products.
+        let mp: [[&[f32]; N]; N] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| &m[(N * i + j) * plane + row * nt..][..nt])
+        });
         for (col, tile) in tiles.iter().enumerate() {
-            // Aᵀ on the columns of M (a 2×4 result), then on its rows.
-            let mut half = [[0f32; 2]; 4];
-            for (j, h) in half.iter_mut().enumerate() {
-                *h = at([mp[j][col], mp[4 + j][col], mp[8 + j][col], mp[12 + j][col]]);
-            }
-            let px = [
-                at([half[0][0], half[1][0], half[2][0], half[3][0]]),
-                at([half[0][1], half[1][1], half[2][1], half[3][1]]),
-            ];
+            let px = sandwich(T::at, &block(|i, j| mp[i][j][col]));
             let base = (tile.img * g.c_out + o) * g.oh * g.ow + tile.oy * g.ow + tile.ox;
             for (r, px) in px.into_iter().enumerate().take(g.oh - tile.oy) {
                 for (s, val) in px.into_iter().enumerate().take(g.ow - tile.ox) {
