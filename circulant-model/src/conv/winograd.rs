@@ -8,7 +8,7 @@
 //! matrix of transformed filters `U[ξ]` with the `(c_in, tiles)` matrix of transformed patches
 //! `V[ξ]`: `N²` multiply-adds per tile and channel pair instead of im2col's `4·k²` (16 instead
 //! of 36 for 3×3 kernels, 36 instead of 100 for 5×5). The transforms are small constant
-//! matrices ([`Algo`]); their products are unrolled at compile time, the zero entries skipped.
+//! matrices, written out per algorithm as additions and a few multiplications ([`Algo`]).
 //!
 //! Work is split into tasks of [`Algo::TILES`] consecutive tiles (across images), each
 //! transforming its patches into a thread-owned scratch buffer, running its `N²` products and
@@ -92,6 +92,7 @@ impl Adjoint<4, 3> for F2x3 {
 pub(super) struct F2x5;
 
 impl Algo<6, 5> for F2x5 {
+    /// Half F(2×2, 3×3)'s: each tile holds 36 transformed values, not 16 (not tuned).
     const TILES: usize = 32;
 
     /// `Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
