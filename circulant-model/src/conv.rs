@@ -863,8 +863,9 @@ mod tests {
         pool.install(|| check_against_reference(&mut rng, (1, 17, 40, 49, 47, 3, 1, 1)));
     }
 
-    /// The Winograd weight gradient sums its tile blocks in a fixed order: repeated calls on
-    /// many threads give the same bits (exact resume depends on it).
+    /// The weight gradient (Winograd for 3×3, whose tile blocks are summed in a fixed order;
+    /// im2col for 5×5) gives the same bits on repeated calls on many threads (exact resume
+    /// depends on it).
     #[test]
     fn winograd_weight_gradient_is_deterministic() {
         let pool = rayon::ThreadPoolBuilder::new()

@@ -222,7 +222,7 @@ pub(super) fn applies(g: &Geometry) -> bool {
 /// ix+kx-p']` with `p' = k-1-p`, a `k×k`, stride-1 convolution of `dy` `(n, c_out, oh, ow)`
 /// into `(n, c_in, h, w)` with the weight [`flipped`] gives.
 pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
-    if !matches!(g.k, 3 | 5) || g.stride != 1 || g.padding >= g.k {
+    if g.stride != 1 || g.padding >= g.k {
         return None;
     }
     let t = Geometry {
