@@ -138,29 +138,106 @@ impl<T: ConvFloat> Descriptors<T> {
     }
 }
 
+/// One of a convolution's three cuDNN passes.
+trait Pass {
+    /// The pass's algorithm enum.
+    type Algo: Copy;
+    /// The pass named in errors.
+    const NAME: &'static str;
+    /// The algorithm that needs no workspace, taken when the heuristic's workspace cannot be
+    /// allocated (as PyTorch falls back when memory is short).
+    const FALLBACK: Self::Algo;
+    /// cuDNN's heuristic choice.
+    fn pick(&self) -> std::result::Result<Self::Algo, CudnnError>;
+    /// The workspace `algo` needs, in bytes.
+    fn workspace_size(&self, algo: Self::Algo) -> std::result::Result<usize, CudnnError>;
+}
+
+/// `Pass` for cudarc's descriptor view `$op` of one pass.
+macro_rules! pass {
+    ($op:ident, $algo:ident, $name:literal, $fallback:ident) => {
+        impl<T: ConvFloat> Pass for $op<'_, T, f32, T> {
+            type Algo = $algo;
+            const NAME: &'static str = $name;
+            const FALLBACK: $algo = $algo::$fallback;
+            fn pick(&self) -> std::result::Result<$algo, CudnnError> {
+                self.pick_algorithm()
+            }
+            fn workspace_size(&self, algo: $algo) -> std::result::Result<usize, CudnnError> {
+                self.get_workspace_size(algo)
+            }
+        }
+    };
+}
+
+pass!(
+    ConvForward,
+    cudnnConvolutionFwdAlgo_t,
+    "forward",
+    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM
+);
+pass!(
+    ConvBackwardData,
+    cudnnConvolutionBwdDataAlgo_t,
+    "input gradient",
+    CUDNN_CONVOLUTION_BWD_DATA_ALGO_0
+);
+pass!(
+    ConvBackwardFilter,
+    cudnnConvolutionBwdFilterAlgo_t,
+    "weight gradient",
+    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0
+);
+
 /// The descriptors of one convolution and the algorithm (with its workspace size in bytes)
 /// of each pass, chosen when the pass first runs: an inference-only convolution never asks
 /// for (or fails on) the gradients' algorithms.
 struct Plan<T: ConvFloat> {
     desc: Descriptors<T>,
-    dims: ConvDims,
     fwd: Cell<Option<(cudnnConvolutionFwdAlgo_t, usize)>>,
     bwd_data: Cell<Option<(cudnnConvolutionBwdDataAlgo_t, usize)>>,
     bwd_filter: Cell<Option<(cudnnConvolutionBwdFilterAlgo_t, usize)>>,
 }
 
-/// The value in `cell`, or `pick()`'s, then kept there.
-fn chosen<A: Copy>(
-    cell: &Cell<Option<(A, usize)>>,
-    pick: impl FnOnce() -> std::result::Result<(A, usize), (&'static str, CudnnError)>,
+/// The algorithm of `pass` (kept in `cell` once chosen) and its workspace from the stream's
+/// pool. When that workspace cannot be allocated, the pass's [`Pass::FALLBACK`] (kept from
+/// then on) with its own workspace, if it has one that fits.
+fn algo_and_workspace<P: Pass>(
+    dev: &CudaDevice,
+    pass: &P,
+    cell: &Cell<Option<(P::Algo, usize)>>,
     d: ConvDims,
-) -> Result<(A, usize)> {
-    if let Some(v) = cell.get() {
-        return Ok(v);
+) -> Result<(P::Algo, Option<CudaSlice<u8>>)> {
+    let err = |what: &str, e| wrap(&format!("{} {what}", P::NAME), d, e);
+    let (algo, bytes) = match cell.get() {
+        Some(chosen) => chosen,
+        None => {
+            let algo = pass.pick().map_err(|e| err("algorithm", e))?;
+            let bytes = pass.workspace_size(algo).map_err(|e| err("workspace", e))?;
+            cell.set(Some((algo, bytes)));
+            (algo, bytes)
+        }
+    };
+    let short = match workspace(dev, bytes) {
+        Ok(ws) => return Ok((algo, ws)),
+        Err(e) => e,
+    };
+    let fallback = pass
+        .workspace_size(P::FALLBACK)
+        .ok()
+        .filter(|&b| b < bytes)
+        .and_then(|b| Some((b, workspace(dev, b).ok()?)));
+    match fallback {
+        Some((b, ws)) => {
+            cell.set(Some((P::FALLBACK, b)));
+            Ok((P::FALLBACK, ws))
+        }
+        None => Err(Error::Msg(format!(
+            "{OP}: {} workspace of {bytes} bytes for {d:?}: {short}",
+            P::NAME
+        ))
+        .bt()),
     }
-    let v = pick().map_err(|(what, e)| wrap(what, d, e))?;
-    cell.set(Some(v));
-    Ok(v)
 }
 
 type PlanKey = (DeviceId, TypeId, ConvDims);
@@ -222,45 +299,10 @@ impl<T: ConvFloat> Plan<T> {
             .map_err(|e| err("output descriptor", e))?;
         Ok(Self {
             desc: Descriptors { conv, x, w, y },
-            dims: d,
             fwd: Cell::new(None),
             bwd_data: Cell::new(None),
             bwd_filter: Cell::new(None),
         })
-    }
-
-    fn forward_algo(&self) -> Result<(cudnnConvolutionFwdAlgo_t, usize)> {
-        let pick = || {
-            let op = self.desc.forward();
-            let algo = op.pick_algorithm().map_err(|e| ("forward algorithm", e))?;
-            let size = op.get_workspace_size(algo);
-            Ok((algo, size.map_err(|e| ("forward workspace", e))?))
-        };
-        chosen(&self.fwd, pick, self.dims)
-    }
-
-    fn input_grad_algo(&self) -> Result<(cudnnConvolutionBwdDataAlgo_t, usize)> {
-        let pick = || {
-            let op = self.desc.input_grad();
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| ("input-gradient algorithm", e))?;
-            let size = op.get_workspace_size(algo);
-            Ok((algo, size.map_err(|e| ("input-gradient workspace", e))?))
-        };
-        chosen(&self.bwd_data, pick, self.dims)
-    }
-
-    fn weight_grad_algo(&self) -> Result<(cudnnConvolutionBwdFilterAlgo_t, usize)> {
-        let pick = || {
-            let op = self.desc.weight_grad();
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| ("weight-gradient algorithm", e))?;
-            let size = op.get_workspace_size(algo);
-            Ok((algo, size.map_err(|e| ("weight-gradient workspace", e))?))
-        };
-        chosen(&self.bwd_filter, pick, self.dims)
     }
 
     /// The cached plan of `d` on `dev` for this thread, made on first use.
@@ -303,9 +345,8 @@ pub fn conv2d_forward<T: ConvFloat>(
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut y = unsafe { dev.alloc::<T>(len)? };
     let plan = Plan::<T>::get(dev, d)?;
-    let (algo, bytes) = plan.forward_algo()?;
-    let mut ws = workspace(dev, bytes)?;
     let op = plan.desc.forward();
+    let (algo, mut ws) = algo_and_workspace(dev, &op, &plan.fwd, d)?;
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
     unsafe { op.launch(algo, ws.as_mut(), (one(), zero()), x, w, &mut y) }
         .map_err(|e| wrap("forward", d, e))?;
@@ -328,9 +369,8 @@ pub fn conv2d_backward_data<T: ConvFloat>(
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut dx = unsafe { dev.alloc::<T>(len)? };
     let plan = Plan::<T>::get(dev, d)?;
-    let (algo, bytes) = plan.input_grad_algo()?;
-    let mut ws = workspace(dev, bytes)?;
     let op = plan.desc.input_grad();
+    let (algo, mut ws) = algo_and_workspace(dev, &op, &plan.bwd_data, d)?;
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
     unsafe { op.launch(algo, ws.as_mut(), (one(), zero()), &mut dx, w, dy) }
         .map_err(|e| wrap("input gradient", d, e))?;
@@ -354,9 +394,8 @@ pub fn conv2d_backward_filter<T: ConvFloat>(
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut dw = unsafe { dev.alloc::<T>(len)? };
     let plan = Plan::<T>::get(dev, d)?;
-    let (algo, bytes) = plan.weight_grad_algo()?;
-    let mut ws = workspace(dev, bytes)?;
     let op = plan.desc.weight_grad();
+    let (algo, mut ws) = algo_and_workspace(dev, &op, &plan.bwd_filter, d)?;
     // SAFETY: the buffers match the plan's descriptors (lengths checked above).
     unsafe { op.launch(algo, ws.as_mut(), (one(), zero()), x, &mut dw, dy) }
         .map_err(|e| wrap("weight gradient", d, e))?;
