@@ -5,6 +5,7 @@ use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 
+use crate::chunks::chunks;
 use crate::dims::Dims;
 use crate::dtype::FftFloat;
 use crate::kernels::{complex_to_real, contract, real_to_complex, Contraction};
@@ -13,10 +14,6 @@ use crate::storage::check_len;
 
 /// The op named in errors.
 const OP: &str = "circulant (cuda)";
-
-/// Rows per cuFFT execution are limited so that one execution covers at most this many real
-/// elements (keeps 32-bit plans valid and bounds a plan's work area).
-const MAX_ELEMS_PER_EXEC: usize = 1 << 27;
 
 fn cufft_err(
     what: &'static str,
@@ -28,15 +25,6 @@ fn cufft_err(
             "circulant (cuda): cuFFT {what} (length {len}, batch {rows})"
         ))
     }
-}
-
-/// Splits `rows` transforms of length `len` into executions of at most
-/// `MAX_ELEMS_PER_EXEC` elements: (first row, rows) pairs.
-fn chunks(rows: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
-    let per = (MAX_ELEMS_PER_EXEC / len.max(1)).max(1);
-    (0..rows)
-        .step_by(per)
-        .map(move |start| (start, per.min(rows - start)))
 }
 
 /// cuFFT rejects real buffers that are not aligned like its complex type

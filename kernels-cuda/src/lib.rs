@@ -12,6 +12,8 @@
 
 #[cfg(feature = "cuda")]
 mod batch_norm;
+#[cfg(any(feature = "cuda", test))]
+mod chunks;
 #[cfg(feature = "cuda")]
 mod circulant;
 #[cfg(feature = "cudnn")]
