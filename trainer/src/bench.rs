@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
 use circulant_model::{Mode, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -82,24 +83,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // Inference in f32 as `Classifier::logits` (and `predict`, `eval`) runs it: eval mode with
     // the circulant weights' spectra computed once, before the clock starts; in bf16, the
-    // mixed-precision forward pass in eval mode.
+    // mixed-precision forward pass in eval mode. Timed as the training steps (and as
+    // bench/torch_train.py does): queued without reading the logits back, the last ones checked
+    // once the clock has stopped.
     let cache = trainer.model.eval_cache()?;
-    let infer = |model: &Model| -> Result<()> {
-        let y = match args.precision {
+    let infer = |model: &Model| -> Result<Tensor> {
+        Ok(match args.precision {
             Precision::F32 => model.forward_eval_with(&x, &cache)?,
             p => model.forward_mixed(&x, Mode::Eval, p.compute_dtype())?,
-        };
-        y.to_device(&candle_core::Device::Cpu)?;
-        Ok(())
+        })
     };
     for _ in 0..args.warmup {
         infer(&trainer.model)?;
     }
+    device.synchronize()?;
     let t = Instant::now();
-    for _ in 0..args.steps {
-        infer(&trainer.model)?;
+    let mut logits = infer(&trainer.model)?;
+    for _ in 1..args.steps {
+        logits = infer(&trainer.model)?;
     }
+    device.synchronize()?;
     let infer_img_s = (n * args.steps) as f64 / t.elapsed().as_secs_f64();
+    let sum = logits
+        .to_dtype(DType::F32)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    if !sum.is_finite() {
+        bail!("non-finite logits during the benchmark");
+    }
 
     let report = Report {
         network: args.model.to_string(),
