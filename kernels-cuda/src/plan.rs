@@ -13,8 +13,10 @@ use candle_core::cuda::{CudaDevice, DeviceId};
 use candle_core::{Error, Result};
 use cudarc::cufft::{sys, CudaFft};
 
-/// Beyond this many cached plans the cache is emptied (each plan owns a work area).
-const MAX_PLANS: usize = 64;
+/// Beyond this many cached plans the least recently used one is dropped (each plan owns a work
+/// area). A training run uses about six per circulant layer and batch size (the training
+/// batch, the last partial one, the evaluation batch).
+const MAX_PLANS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PlanKey {
@@ -28,7 +30,14 @@ struct PlanKey {
 /// A cached plan; lock it for the duration of one execution.
 pub(crate) type SharedPlan = Arc<Mutex<CudaFft>>;
 
-type Cache = Mutex<HashMap<PlanKey, SharedPlan>>;
+/// The plans, each with the count of lookups when it was last used.
+#[derive(Default)]
+struct Plans {
+    plans: HashMap<PlanKey, (SharedPlan, u64)>,
+    lookups: u64,
+}
+
+type Cache = Mutex<Plans>;
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -60,7 +69,10 @@ pub(crate) fn plan(
         kind,
     };
     let mut cache = lock(cache());
-    if let Some(plan) = cache.get(&key) {
+    cache.lookups += 1;
+    let now = cache.lookups;
+    if let Some((plan, used)) = cache.plans.get_mut(&key) {
+        *used = now;
         return Ok(plan.clone());
     }
     let to_i32 = |v: usize, what: &str| {
@@ -96,10 +108,13 @@ pub(crate) fn plan(
             "circulant (cuda): creating a cuFFT {kind:?} plan (length {len}, batch {batch})"
         ))
     })?;
-    if cache.len() >= MAX_PLANS {
-        cache.clear();
+    if cache.plans.len() >= MAX_PLANS {
+        let oldest = cache.plans.iter().min_by_key(|(_, (_, used))| *used);
+        if let Some(oldest) = oldest.map(|(k, _)| *k) {
+            cache.plans.remove(&oldest);
+        }
     }
     let plan = Arc::new(Mutex::new(plan));
-    cache.insert(key, plan.clone());
+    cache.plans.insert(key, (plan.clone(), now));
     Ok(plan)
 }
