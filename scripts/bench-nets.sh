@@ -111,7 +111,7 @@ run_one() { # impl network head batch steps
         --stdout "$stem.out" --stderr "$stem.err"
 }
 
-LOAD_START=$(uptime | sed 's/.*load average: //')
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg | sed 's/ /, /g')
 echo "bench-nets: $DEVICE $PRECISION, $THREADS threads, trainer $TRAINER, python $PY; load $LOAD_START" >&2
 IFS=, read -r -a case_list <<<"$CASES"
 IFS=, read -r -a head_list <<<"$HEADS"
@@ -132,7 +132,7 @@ for c in "${case_list[@]}"; do
         i=$((i + 1))
     done
 done
-LOAD_END=$(uptime | sed 's/.*load average: //')
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg | sed 's/ /, /g')
 
 STEPS_TEXT="$(IFS=';'; echo "${STEPS_DESC[*]}" | sed 's/;/; /g') (measured, train and infer each)"
 # Named for the date the table is made, which is the date written in it.
