@@ -3,7 +3,8 @@
 # root, with the binaries built by scripts/gpu-bench.sh: the CUDA tests, then the measurements,
 # most needed first, so that a run cut at the device runner's limit (600 s a call) brings back
 # what matters most. The stages, in their default order (STAGES overrides, e.g.
-# STAGES="bf16" for a second call):
+# STAGES="bf16" for a second call). About 600 s in all on an H200 (estimated: it has not run
+# in this form):
 #
 #   tests       the CUDA test binaries (fail, never skip: CIRCULANT_REQUIRE_CUDA=1)
 #   nets-cudnn  whole networks against PyTorch on this card (scripts/bench-nets.sh --device
@@ -13,19 +14,19 @@
 #   loader      cifar-cnn circulant on the CIFAR_DIR JPEGs, 2 epochs at batch 256 (the real
 #               loader), against `trainer bench` on a batch kept on the card; skipped without
 #               CIFAR_DIR
+#   bf16        f32 vs bf16 test accuracy of mnist-cnn on MNIST_DIR and cifar-cnn on CIFAR_DIR
+#               (scripts/gpu-bf16-accuracy.sh; MNIST_EPOCHS and CIFAR_EPOCHS, default 2 and 4
+#               here, to fit the first call; a dataset without its folder is skipped)
 #   ops         the op's table (bench_cuda; BENCH_ARGS, e.g. --quick) and PyTorch's
 #               (bench/torch_circulant.py) on the same card
 #   nets-cuda   the whole networks again, ours built without cuDNN (candle's convolutions)
 #   heads       cifar-cnn dense vs circulant on CIFAR_DIR (scripts/gpu-cifar.sh, CIFAR_EPOCHS
 #               per head, default 12); not in the default order
-#   bf16        f32 vs bf16 test accuracy of mnist-cnn on MNIST_DIR and cifar-cnn on CIFAR_DIR
-#               (scripts/gpu-bf16-accuracy.sh; MNIST_EPOCHS, CIFAR_EPOCHS); not in the default
-#               order
 #
 #   scripts/gpu-run.sh [BIN_DIR]   # BIN_DIR defaults to target-gpu/bin (unpacked from
 #                                  # target-gpu/bin.tar.xz when missing)
-#   CIFAR_DIR=/tmp/cifar10-jpeg scripts/gpu-run.sh
-#   STAGES="bf16" CIFAR_DIR=... MNIST_DIR=... CIFAR_EPOCHS=6 scripts/gpu-run.sh
+#   CIFAR_DIR=/tmp/cifar10-jpeg MNIST_DIR=/tmp/mnist scripts/gpu-run.sh
+#   STAGES="bf16" CIFAR_DIR=... MNIST_DIR=... CIFAR_EPOCHS=12 MNIST_EPOCHS=5 scripts/gpu-run.sh
 # BENCH_TIMEOUT / TORCH_TIMEOUT / NETS_TIMEOUT (seconds; default 240, 240, 200) cap the op
 # tables and each whole-network run; TEST_TIMEOUT (default 150) each test binary.
 #
@@ -40,7 +41,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target-gpu/bin}
 RESULTS=${RESULTS_DIR:-$ROOT/gpu-results}
-STAGES=${STAGES:-tests nets-cudnn loader ops nets-cuda}
+STAGES=${STAGES:-tests nets-cudnn loader bf16 ops nets-cuda}
 # A warm machine keeps the last call's results: start afresh (times.txt, nets-*.json and run
 # folders would otherwise mix with this call's).
 rm -rf "$RESULTS"
@@ -227,9 +228,13 @@ stage_heads() {
 }
 
 stage_bf16() {
+  if [[ -z ${CIFAR_DIR:-}${MNIST_DIR:-} ]]; then
+    echo "gpu-run: no CIFAR_DIR or MNIST_DIR: bf16 stage skipped" >&2
+    return
+  fi
   echo "== bf16 against f32 accuracy (scripts/gpu-bf16-accuracy.sh)"
   bash "$ROOT/scripts/gpu-bf16-accuracy.sh" "$BIN/trainer_cudnn" "${MNIST_DIR:--}" \
-    "${CIFAR_DIR:--}" "$RESULTS/bf16" "${MNIST_EPOCHS:-5}" "${CIFAR_EPOCHS:-12}" || status=1
+    "${CIFAR_DIR:--}" "$RESULTS/bf16" "${MNIST_EPOCHS:-2}" "${CIFAR_EPOCHS:-4}" || status=1
   stage_done "bf16"
 }
 
