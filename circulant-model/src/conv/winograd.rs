@@ -518,16 +518,24 @@ fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
 ) {
     let nt = tiles.len();
     let (h, w) = (g.h as isize, g.w as isize);
+    // `v`, or 0 where the mask value `m` is not positive.
+    let keep = |v: f32, m: f32| if m <= 0.0 { 0.0 } else { v };
     for c in 0..g.c_in {
         for (col, tile) in tiles.iter().enumerate() {
             let start = (tile.img * g.c_in + c) * g.h * g.w;
             let src = &x[start..][..g.h * g.w];
+            let mask = mask.map(|m| &m[start..][..g.h * g.w]);
             let (y0, x0) = (tile.y0, tile.x0);
             let mut d = [[0f32; N]; N];
             if y0 >= 0 && x0 >= 0 && y0 + N as isize <= h && x0 + N as isize <= w {
                 for (r, row) in d.iter_mut().enumerate() {
                     let at = (y0 as usize + r) * g.w + x0 as usize;
                     *row = src[at..at + N].try_into().expect("N values");
+                    if let Some(mask) = mask {
+                        for (val, &m) in row.iter_mut().zip(&mask[at..at + N]) {
+                            *val = keep(*val, m);
+                        }
+                    }
                 }
             } else {
                 for (r, row) in d.iter_mut().enumerate() {
@@ -538,19 +546,8 @@ fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
                     for (s, val) in row.iter_mut().enumerate() {
                         let ix = x0 + s as isize;
                         if ix >= 0 && ix < w {
-                            *val = src[iy as usize * g.w + ix as usize];
-                        }
-                    }
-                }
-            }
-            if let Some(mask) = mask {
-                let mask = &mask[start..][..g.h * g.w];
-                for (r, row) in d.iter_mut().enumerate() {
-                    for (s, val) in row.iter_mut().enumerate() {
-                        let (iy, ix) = (y0 + r as isize, x0 + s as isize);
-                        let inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-                        if inside && mask[iy as usize * g.w + ix as usize] <= 0.0 {
-                            *val = 0.0;
+                            let at = iy as usize * g.w + ix as usize;
+                            *val = mask.map_or(src[at], |m| keep(src[at], m[at]));
                         }
                     }
                 }
