@@ -4,9 +4,9 @@
 
 use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
-use crate::kernels::elementwise_config;
+use crate::shapes;
 use crate::storage::check_len;
 
 /// The op named in errors.
@@ -15,13 +15,6 @@ const OP: &str = "batch norm (cuda)";
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/batch_norm.ptx"));
 /// Name under which candle caches the loaded module, per device.
 const MODULE: &str = "kernels_cuda_batch_norm";
-
-/// Block width of the reductions (BN_THREADS in batch_norm.cu).
-const THREADS: u32 = 256;
-/// Values of a channel one reduction block takes at least.
-const PER_BLOCK: usize = 16 * THREADS as usize;
-/// Most blocks per channel (grid y).
-const MAX_SPLITS: usize = 256;
 
 /// Sizes of a batch-norm input: `(n, c, hw)`, contiguous, `hw` = H·W.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,30 +58,12 @@ impl BnDims {
             c: small(self.c)?,
             hw: small(self.hw)?,
             len,
-            splits: count.div_ceil(PER_BLOCK).clamp(1, MAX_SPLITS) as u32,
+            splits: shapes::bn_splits(count),
         })
     }
 
     fn error(&self, why: &str) -> Error {
         Error::Msg(format!("batch norm (cuda): {why} for {self:?}")).bt()
-    }
-}
-
-/// Grid `(c, splits)` of `THREADS`-wide reduction blocks.
-fn reduce_config(k: &Checked) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (k.c, k.splits, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// One thread per channel.
-fn per_channel_config(c: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (c.div_ceil(THREADS), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
     }
 }
 
@@ -115,7 +90,7 @@ pub fn batch_norm_stats(
         .arg(&k.c)
         .arg(&k.hw);
     // SAFETY: matches bn_partial_stats_f32, launched with BN_THREADS-wide blocks.
-    unsafe { builder.launch(reduce_config(&k)) }.w()?;
+    unsafe { builder.launch(shapes::bn_reduce(k.c, k.splits).config()) }.w()?;
     let func = dev.get_or_load_custom_func("bn_finish_stats_f32", MODULE, PTX)?;
     let mut builder = func.builder();
     builder
@@ -127,7 +102,7 @@ pub fn batch_norm_stats(
         .arg(&k.hw)
         .arg(&k.splits);
     // SAFETY: matches bn_finish_stats_f32; `partial` holds c * splits pairs.
-    unsafe { builder.launch(per_channel_config(k.c)) }.w()?;
+    unsafe { builder.launch(shapes::per_channel(k.c).config()) }.w()?;
     Ok(stats)
 }
 
@@ -163,7 +138,7 @@ pub fn batch_norm_forward(
         .arg(&k.hw)
         .arg(&eps);
     // SAFETY: matches bn_forward_f32; the lengths were checked above.
-    unsafe { builder.launch(elementwise_config(k.len)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(k.len).config()) }.w()?;
     Ok(y)
 }
 
@@ -201,7 +176,7 @@ pub fn batch_norm_backward(
         .arg(&k.c)
         .arg(&k.hw);
     // SAFETY: matches bn_partial_grads_f32, launched with BN_THREADS-wide blocks.
-    unsafe { builder.launch(reduce_config(&k)) }.w()?;
+    unsafe { builder.launch(shapes::bn_reduce(k.c, k.splits).config()) }.w()?;
 
     let (mut dx, mut grads) = out.split_at_mut(k.len);
     let func = dev.get_or_load_custom_func("bn_finish_grads_f32", MODULE, PTX)?;
@@ -218,7 +193,7 @@ pub fn batch_norm_backward(
         .arg(&k.splits)
         .arg(&eps);
     // SAFETY: matches bn_finish_grads_f32; `grads` holds 2c values, `coef` 3c.
-    unsafe { builder.launch(per_channel_config(k.c)) }.w()?;
+    unsafe { builder.launch(shapes::per_channel(k.c).config()) }.w()?;
 
     let func = dev.get_or_load_custom_func("bn_backward_dx_f32", MODULE, PTX)?;
     let mut builder = func.builder();
@@ -232,6 +207,6 @@ pub fn batch_norm_backward(
         .arg(&k.c)
         .arg(&k.hw);
     // SAFETY: matches bn_backward_dx_f32; the lengths were checked above.
-    unsafe { builder.launch(elementwise_config(k.len)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(k.len).config()) }.w()?;
     Ok(out)
 }

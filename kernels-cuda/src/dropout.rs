@@ -4,7 +4,7 @@ use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::Result;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use crate::kernels::elementwise_config;
+use crate::shapes;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx"));
 /// Name under which candle caches the loaded module, per device.
@@ -33,6 +33,6 @@ pub fn dropout_mask(
         .arg(&threshold)
         .arg(&scale);
     // SAFETY: the arguments match dropout_mask_f32; `out` holds `len` elements.
-    unsafe { builder.launch(elementwise_config(len)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(len).config()) }.w()?;
     Ok(out)
 }

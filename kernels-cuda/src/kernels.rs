@@ -2,22 +2,15 @@
 
 use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
 use crate::dims::Dims;
 use crate::dtype::FftFloat;
+use crate::shapes;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/circulant.ptx"));
 /// Name under which candle caches the loaded module, per device.
 const MODULE: &str = "kernels_cuda_circulant";
-
-const THREADS: u32 = 256;
-/// Grid-stride loops cover any size; more blocks than this add nothing.
-const MAX_BLOCKS: usize = 1 << 20;
-/// Block shape of `circ_contract_dr` (DR_F x DR_N in circulant.cu).
-const DR_F: usize = 32;
-const DR_N: u32 = 8;
-const MAX_GRID_Y: usize = 65_535;
 
 /// Which contraction to run.
 #[derive(Clone, Copy, Debug)]
@@ -63,18 +56,14 @@ pub(crate) fn contract<T: FftFloat>(
     if len == 0 {
         return Ok(out);
     }
-    let cfg = match which {
+    let shape = match which {
         Contraction::GradR => {
             let nf = d.nf();
-            let gx = u32::try_from(nf.div_ceil(DR_F))
-                .map_err(|_| Error::Msg(format!("circulant (cuda): {nf} bins is too many")).bt())?;
-            LaunchConfig {
-                grid_dim: (gx, (d.p * d.q).min(MAX_GRID_Y) as u32, 1),
-                block_dim: (DR_F as u32, DR_N, 1),
-                shared_mem_bytes: 0,
-            }
+            shapes::contract_dr(nf, d.p, d.q).ok_or_else(|| {
+                Error::Msg(format!("circulant (cuda): {nf} bins is too many")).bt()
+            })?
         }
-        Contraction::Forward | Contraction::GradX => elementwise_config(len),
+        Contraction::Forward | Contraction::GradX => shapes::elementwise(len),
     };
     let name = format!("{}_{}", which.name(), T::SUFFIX);
     let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
@@ -94,18 +83,9 @@ pub(crate) fn contract<T: FftFloat>(
             .arg(&scale);
         // SAFETY: the argument list matches the kernel signature in circulant.cu, and the
         // buffer lengths match the sizes (checked by the callers in circulant.rs).
-        unsafe { builder.launch(cfg) }.w()?;
+        unsafe { builder.launch(shape.config()) }.w()?;
     }
     Ok(out)
-}
-
-/// `THREADS`-wide blocks over `len` elements for a grid-stride kernel (at most `MAX_BLOCKS`).
-pub(crate) fn elementwise_config(len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (len.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 /// Spectra of length-1 signals (the values themselves), for `b = 1`.
@@ -119,7 +99,7 @@ pub(crate) fn real_to_complex<T: FftFloat>(
     let mut builder = func.builder();
     builder.arg(input).arg(out).arg(&count);
     // SAFETY: matches circ_r2c_len1 in circulant.cu; `out` has `count` elements (callers).
-    unsafe { builder.launch(elementwise_config(count)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(count).config()) }.w()?;
     Ok(())
 }
 
@@ -134,6 +114,6 @@ pub(crate) fn complex_to_real<T: FftFloat>(
     let mut builder = func.builder();
     builder.arg(input).arg(out).arg(&count);
     // SAFETY: matches circ_c2r_len1 in circulant.cu; `out` has `count` elements (callers).
-    unsafe { builder.launch(elementwise_config(count)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(count).config()) }.w()?;
     Ok(())
 }

@@ -6,8 +6,9 @@
 //! batches through page-locked staging buffers; and, with the `cudnn` feature, convolutions
 //! through cuDNN.
 //!
-//! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) is behind the `cuda`
-//! feature; without it the crate builds with no CUDA toolkit. cuFFT plans are created once per
+//! Everything but [`Dims`] (the sizes of a call, which the CPU path shares) and [`shapes`] (the
+//! launches' shapes, which kernels-emu uses) is behind the `cuda` feature; without it the crate
+//! builds with no CUDA toolkit. cuFFT plans are created once per
 //! (device, thread, length, batch) and cached.
 
 #[cfg(feature = "cuda")]
@@ -33,6 +34,7 @@ mod optim;
 mod plan;
 #[cfg(feature = "cuda")]
 mod pool;
+pub mod shapes;
 #[cfg(feature = "cuda")]
 mod storage;
 #[cfg(feature = "cuda")]

@@ -5,7 +5,7 @@ use candle_core::cuda::{CudaDevice, WrapErr};
 use candle_core::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
-use crate::kernels::elementwise_config;
+use crate::shapes;
 use crate::storage::check_len;
 
 /// The op named in errors.
@@ -74,7 +74,7 @@ pub fn max_pool_forward(
         .arg(&d.stride)
         .arg(&relu);
     // SAFETY: the arguments match max_pool_fwd_f32; the lengths were checked above.
-    unsafe { builder.launch(elementwise_config(len)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(len).config()) }.w()?;
     Ok(y)
 }
 
@@ -113,6 +113,6 @@ pub fn max_pool_backward(
         .arg(&d.stride)
         .arg(&relu);
     // SAFETY: the arguments match max_pool_bwd_f32; the lengths were checked above.
-    unsafe { builder.launch(elementwise_config(len)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(len).config()) }.w()?;
     Ok(dx)
 }

@@ -6,7 +6,7 @@ use candle_core::{Error, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use crate::dtype::FftFloat;
-use crate::kernels::elementwise_config;
+use crate::shapes;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
 /// Name under which candle caches the loaded module, per device.
@@ -142,6 +142,6 @@ pub fn update_in_place<T: FftFloat>(
     }
     // SAFETY: `args` lists the parameters of its kernel in optim.cu, in order; the lengths
     // were checked above.
-    unsafe { builder.launch(elementwise_config(n)) }.w()?;
+    unsafe { builder.launch(shapes::elementwise(n).config()) }.w()?;
     Ok(())
 }

@@ -11,16 +11,15 @@
 
 use std::ffi::c_void;
 
-/// Threads per block of kernels-cuda's grid-stride launches (`kernels::elementwise_config`).
-pub const THREADS: u32 = 256;
+pub use kernels_cuda::shapes::{self, LaunchShape};
 
-/// Grid and block sizes of a launch, as CUDA's `dim3`.
+/// Grid or block sizes as CUDA's `dim3`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dim3 {
-    pub x: u32,
-    pub y: u32,
-    pub z: u32,
+struct Dim3 {
+    x: u32,
+    y: u32,
+    z: u32,
 }
 
 impl From<(u32, u32, u32)> for Dim3 {
@@ -40,12 +39,6 @@ pub enum Threads {
     Synced,
 }
 
-/// kernels-cuda's grid for a grid-stride kernel over `len` elements.
-pub fn elementwise_grid(len: usize) -> Dim3 {
-    let blocks = len.div_ceil(THREADS as usize).min(1 << 20) as u32;
-    (blocks, 1, 1).into()
-}
-
 extern "C" {
     fn emu_launch(
         grid: Dim3,
@@ -56,13 +49,13 @@ extern "C" {
     );
 }
 
-/// Runs `body` once for every thread of a `(grid, block)` launch and returns when all have
+/// Runs `body` once for every thread of a launch of `shape` and returns when all have
 /// finished. Launches run one at a time, whatever the calling thread.
 ///
 /// # Safety
 /// `body` must call kernels with arguments that match their C signatures and pointers valid
 /// for the whole launch.
-pub unsafe fn launch<F: Fn() + Sync>(grid: Dim3, block: Dim3, threads: Threads, body: F) {
+pub unsafe fn launch<F: Fn() + Sync>(shape: LaunchShape, threads: Threads, body: F) {
     extern "C" fn trampoline<F: Fn() + Sync>(ctx: *mut c_void) {
         // SAFETY: `ctx` is the `&F` passed below, alive until emu_launch returns.
         let body = unsafe { &*(ctx as *const F) };
@@ -73,8 +66,8 @@ pub unsafe fn launch<F: Fn() + Sync>(grid: Dim3, block: Dim3, threads: Threads, 
     // `trampoline` with `ctx`.
     unsafe {
         emu_launch(
-            grid,
-            block,
+            shape.grid.into(),
+            shape.block.into(),
             i32::from(threads == Threads::Synced),
             trampoline::<F>,
             ctx,

@@ -6,25 +6,10 @@ mod common;
 use common::{assert_close, grid_stride_launches, rng, to_f32, uniform};
 use kernels_emu::{
     bn_backward_dx_f32, bn_finish_grads_f32, bn_finish_stats_f32, bn_forward_f32,
-    bn_partial_grads_f32, bn_partial_stats_f32, launch, Dim3, Ptr, Threads,
+    bn_partial_grads_f32, bn_partial_stats_f32, launch, shapes, Ptr, Threads,
 };
 
-/// BN_THREADS in batch_norm.cu: the reductions' block width.
-const BN_THREADS: u32 = 256;
 const EPS: f64 = 1e-5;
-
-/// kernels-cuda's split of a channel's `count` values over reduction blocks.
-fn kernels_cuda_splits(count: usize) -> u32 {
-    count.div_ceil(16 * BN_THREADS as usize).clamp(1, 256) as u32
-}
-
-/// One thread per channel, as kernels-cuda's per-channel launches.
-fn per_channel(c: u32) -> (Dim3, Dim3) {
-    (
-        (c.div_ceil(BN_THREADS), 1, 1).into(),
-        (BN_THREADS, 1, 1).into(),
-    )
-}
 
 struct Reference {
     mean: Vec<f64>,
@@ -103,21 +88,19 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
         hw,
     );
     let (nu, cu, hwu) = (n as u32, c as u32, hw as u32);
-    let reduce_grid: Dim3 = (cu, splits, 1).into();
-    let reduce_block: Dim3 = (BN_THREADS, 1, 1).into();
+    let (reduce, channels) = (shapes::bn_reduce(cu, splits), shapes::per_channel(cu));
     let (xp, dyp) = (Ptr::of_const(&x), Ptr::of_const(&dy));
     let (gp, bp) = (Ptr::of_const(&gamma), Ptr::of_const(&beta));
 
     let mut partial = vec![f64::NAN; 2 * c * splits as usize];
     let mut stats = vec![f32::NAN; 2 * c];
     let (pp, sp) = (Ptr::of(&mut partial), Ptr::of(&mut stats));
-    let (grid, block) = per_channel(cu);
     // SAFETY: the argument lists of batch_norm.cu; the buffers hold the sizes passed.
     unsafe {
-        launch(reduce_grid, reduce_block, Threads::Synced, || {
+        launch(reduce, Threads::Synced, || {
             bn_partial_stats_f32(xp.get(), pp.get(), nu, cu, hwu)
         });
-        launch(grid, block, Threads::Serial, || {
+        launch(channels, Threads::Serial, || {
             bn_finish_stats_f32(xp.get(), pp.get(), sp.get(), nu, cu, hwu, splits)
         });
     }
@@ -134,12 +117,12 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
         &format!("{what}: variance"),
     );
 
-    for (grid, block) in grid_stride_launches(len) {
+    for shape in grid_stride_launches(len) {
         let mut y = vec![f32::NAN; len];
         let yp = Ptr::of(&mut y);
         // SAFETY: as above.
         unsafe {
-            launch(grid, block, Threads::Serial, || {
+            launch(shape, Threads::Serial, || {
                 bn_forward_f32(
                     xp.get(),
                     sp.get(),
@@ -166,10 +149,10 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
     );
     // SAFETY: as above.
     unsafe {
-        launch(reduce_grid, reduce_block, Threads::Synced, || {
+        launch(reduce, Threads::Synced, || {
             bn_partial_grads_f32(dyp.get(), xp.get(), sp.get(), pp.get(), nu, cu, hwu)
         });
-        launch(grid, block, Threads::Serial, || {
+        launch(channels, Threads::Serial, || {
             bn_finish_grads_f32(
                 pp.get(),
                 sp.get(),
@@ -196,12 +179,12 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
         1e-5,
         &format!("{what}: dbeta"),
     );
-    for (grid, block) in grid_stride_launches(len) {
+    for shape in grid_stride_launches(len) {
         let mut dx = vec![f32::NAN; len];
         let dxp = Ptr::of(&mut dx);
         // SAFETY: as above.
         unsafe {
-            launch(grid, block, Threads::Serial, || {
+            launch(shape, Threads::Serial, || {
                 bn_backward_dx_f32(
                     xp.get(),
                     dyp.get(),
@@ -220,7 +203,7 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
 
 #[test]
 fn one_reduction_block_per_channel() {
-    check(3, 5, 35, kernels_cuda_splits(3 * 35), 0.0, 1);
+    check(3, 5, 35, shapes::bn_splits(3 * 35), 0.0, 1);
 }
 
 #[test]
@@ -233,7 +216,7 @@ fn several_blocks_per_channel_some_of_them_empty() {
 #[test]
 fn kernels_cuda_splits_of_a_large_channel() {
     // 2 * 12,300 values per channel: kernels-cuda takes 7 blocks, the last one short.
-    let splits = kernels_cuda_splits(2 * 12_300);
+    let splits = shapes::bn_splits(2 * 12_300);
     assert_eq!(splits, 7);
     check(2, 2, 12_300, splits, 0.0, 4);
 }

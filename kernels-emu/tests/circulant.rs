@@ -6,10 +6,6 @@ mod common;
 use common::{assert_close, grid_stride_launches, rng, uniform};
 use kernels_emu::*;
 
-/// Block shape of circ_contract_dr (DR_F x DR_N in circulant.cu).
-const DR_F: u32 = 32;
-const DR_N: u32 = 8;
-
 type C = [f64; 2];
 
 fn mul(a: C, b: C) -> C {
@@ -132,12 +128,12 @@ macro_rules! contraction_test {
                 let (xp, rp, gp) = (Ptr::of_const(&xs), Ptr::of_const(&rs), Ptr::of_const(&gs));
                 let s = scale as $r;
 
-                for (grid, block) in grid_stride_launches(n * p * nf) {
+                for shape in grid_stride_launches(n * p * nf) {
                     let mut y = vec![[<$r>::NAN; 2]; n * p * nf];
                     let yp = Ptr::of(&mut y);
                     // SAFETY: circ_contract's arguments; the buffers hold the sizes passed.
                     unsafe {
-                        launch(grid, block, Threads::Serial, || {
+                        launch(shape, Threads::Serial, || {
                             $contract(xp.get(), rp.get(), yp.get(), n, p, q, nf, b, s)
                         })
                     };
@@ -148,12 +144,12 @@ macro_rules! contraction_test {
                         &format!("{what}: forward"),
                     );
                 }
-                for (grid, block) in grid_stride_launches(n * q * nf) {
+                for shape in grid_stride_launches(n * q * nf) {
                     let mut dx = vec![[<$r>::NAN; 2]; n * q * nf];
                     let dp = Ptr::of(&mut dx);
                     // SAFETY: as above.
                     unsafe {
-                        launch(grid, block, Threads::Serial, || {
+                        launch(shape, Threads::Serial, || {
                             $dx(gp.get(), rp.get(), dp.get(), n, p, q, nf, b, s)
                         })
                     };
@@ -161,24 +157,25 @@ macro_rules! contraction_test {
                 }
                 // kernels-cuda's grid (one block row per (i, j)), and a grid y of 1, where one
                 // block row loops over every (i, j).
-                let gx = (nf as u32).div_ceil(DR_F);
-                for gy in [(p * q) as u32, 1] {
+                let ours = shapes::contract_dr(nf, p, q).expect("a small grid");
+                let one_row = LaunchShape {
+                    grid: (ours.grid.0, 1, 1),
+                    ..ours
+                };
+                for shape in [ours, one_row] {
                     let mut dr = vec![[<$r>::NAN; 2]; p * q * nf];
                     let dp = Ptr::of(&mut dr);
                     // SAFETY: as above.
                     unsafe {
-                        launch(
-                            (gx, gy, 1).into(),
-                            (DR_F, DR_N, 1).into(),
-                            Threads::Synced,
-                            || $dr(xp.get(), gp.get(), dp.get(), n, p, q, nf, b, s),
-                        )
+                        launch(shape, Threads::Synced, || {
+                            $dr(xp.get(), gp.get(), dp.get(), n, p, q, nf, b, s)
+                        })
                     };
                     assert_close(
                         &widen(&dr),
                         &flat(&want.dr),
                         $tol,
-                        &format!("{what}: dr, grid y {gy}"),
+                        &format!("{what}: dr, {shape:?}"),
                     );
                 }
             }
@@ -213,7 +210,7 @@ macro_rules! length_one_test {
                 .iter()
                 .map(|&v| v as $r)
                 .collect();
-            for (grid, block) in grid_stride_launches(count) {
+            for shape in grid_stride_launches(count) {
                 let mut spectra = vec![[<$r>::NAN; 2]; count];
                 let mut back = vec![<$r>::NAN; count];
                 let (vp, sp, bp) = (
@@ -223,12 +220,8 @@ macro_rules! length_one_test {
                 );
                 // SAFETY: the kernels' arguments; every buffer holds `count` elements.
                 unsafe {
-                    launch(grid, block, Threads::Serial, || {
-                        $r2c(vp.get(), sp.get(), count)
-                    });
-                    launch(grid, block, Threads::Serial, || {
-                        $c2r(sp.get(), bp.get(), count)
-                    });
+                    launch(shape, Threads::Serial, || $r2c(vp.get(), sp.get(), count));
+                    launch(shape, Threads::Serial, || $c2r(sp.get(), bp.get(), count));
                 }
                 let want: Vec<Complex<$r>> = values.iter().map(|&v| [v, 0.0]).collect();
                 assert_eq!(spectra, want);

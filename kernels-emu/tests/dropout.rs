@@ -20,12 +20,12 @@ fn dropout_mask_matches_the_cpu_mask() -> candle_core::Result<()> {
         // As circulant-model's dropout passes them to kernels-cuda.
         let threshold = (f64::from(p) * 4_294_967_296.0) as u32;
         let scale = 1.0 / (1.0 - p);
-        for (grid, block) in grid_stride_launches(len) {
+        for shape in grid_stride_launches(len) {
             let mut got = vec![f32::NAN; len];
             let out = Ptr::of(&mut got);
             // SAFETY: dropout_mask_f32's arguments; `got` holds `len` values.
             unsafe {
-                launch(grid, block, Threads::Serial, || {
+                launch(shape, Threads::Serial, || {
                     dropout_mask_f32(out.get(), len, seed, threshold, scale)
                 })
             };

@@ -46,12 +46,12 @@ fn max_pool_matches_the_cpu_op() -> candle_core::Result<()> {
             let want_dx = want_dx.flatten_all()?.to_vec1::<f32>()?;
 
             let planes = n * c;
-            for (grid, block) in grid_stride_launches(planes * oh * ow) {
+            for shape in grid_stride_launches(planes * oh * ow) {
                 let mut got = vec![f32::NAN; want_y.len()];
                 let (xp, yp) = (Ptr::of_const(&x), Ptr::of(&mut got));
                 // SAFETY: max_pool_fwd_f32's arguments; x and y hold the sizes passed.
                 unsafe {
-                    launch(grid, block, Threads::Serial, || {
+                    launch(shape, Threads::Serial, || {
                         max_pool_fwd_f32(
                             xp.get(),
                             yp.get(),
@@ -68,12 +68,12 @@ fn max_pool_matches_the_cpu_op() -> candle_core::Result<()> {
                 };
                 assert_eq!(got, want_y, "case {case}, relu {relu}: forward");
             }
-            for (grid, block) in grid_stride_launches(planes * h * w) {
+            for shape in grid_stride_launches(planes * h * w) {
                 let mut got = vec![f32::NAN; x.len()];
                 let (xp, gp, dp) = (Ptr::of_const(&x), Ptr::of_const(&gy), Ptr::of(&mut got));
                 // SAFETY: max_pool_bwd_f32's arguments; the buffers hold the sizes passed.
                 unsafe {
-                    launch(grid, block, Threads::Serial, || {
+                    launch(shape, Threads::Serial, || {
                         max_pool_bwd_f32(
                             xp.get(),
                             gp.get(),

@@ -37,12 +37,12 @@ macro_rules! optim_test {
 
             // Runs `kernel` on a copy of `dst` with both launches; both must give `want`.
             let check = |what: &str, dst: &[$t], want: &[$t], kernel: &(dyn Fn(*mut $t) + Sync)| {
-                for (grid, block) in grid_stride_launches(len) {
+                for shape in grid_stride_launches(len) {
                     let mut got = dst.to_vec();
                     let p = Ptr::of(&mut got);
                     // SAFETY: each kernel below gets `len`-element buffers.
-                    unsafe { launch(grid, block, Threads::Serial, || kernel(p.get())) };
-                    assert_eq!(got, want, "{what}, grid {grid:?}");
+                    unsafe { launch(shape, Threads::Serial, || kernel(p.get())) };
+                    assert_eq!(got, want, "{what}, {shape:?}");
                 }
             };
             let (gp, mp, vp, bp, wp) = (

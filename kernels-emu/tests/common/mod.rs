@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use kernels_emu::{elementwise_grid, Dim3, THREADS};
+use kernels_emu::{shapes, LaunchShape};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -20,11 +20,14 @@ pub fn to_f32(v: &[f64]) -> Vec<f32> {
 }
 
 /// The launches a grid-stride kernel over `len` elements is tried with: kernels-cuda's own
-/// (`THREADS`-wide blocks covering `len`), and 3 blocks of 32 threads, where most threads loop.
-pub fn grid_stride_launches(len: usize) -> [(Dim3, Dim3); 2] {
+/// (256-wide blocks covering `len`), and 3 blocks of 32 threads, where most threads loop.
+pub fn grid_stride_launches(len: usize) -> [LaunchShape; 2] {
     [
-        (elementwise_grid(len), (THREADS, 1, 1).into()),
-        ((3, 1, 1).into(), (32, 1, 1).into()),
+        shapes::elementwise(len),
+        LaunchShape {
+            grid: (3, 1, 1),
+            block: (32, 1, 1),
+        },
     ]
 }
 
