@@ -103,41 +103,23 @@ impl<T> Ptr<T> {
 pub type Complex<R> = [R; 2];
 
 macro_rules! circulant_kernels {
-    ($r:ty, $contract:ident, $dx:ident, $dr:ident, $r2c:ident, $c2r:ident) => {
+    ($r:ty, [$($contraction:ident),+], $r2c:ident, $c2r:ident) => {
         extern "C" {
-            pub fn $contract(
-                a: *const Complex<$r>,
-                w: *const Complex<$r>,
-                out: *mut Complex<$r>,
-                n: usize,
-                p: usize,
-                q: usize,
-                nf: usize,
-                b: usize,
-                scale: $r,
-            );
-            pub fn $dx(
-                g: *const Complex<$r>,
-                w: *const Complex<$r>,
-                out: *mut Complex<$r>,
-                n: usize,
-                p: usize,
-                q: usize,
-                nf: usize,
-                b: usize,
-                scale: $r,
-            );
-            pub fn $dr(
-                a: *const Complex<$r>,
-                g: *const Complex<$r>,
-                out: *mut Complex<$r>,
-                n: usize,
-                p: usize,
-                q: usize,
-                nf: usize,
-                b: usize,
-                scale: $r,
-            );
+            $(
+                /// `out = scale · sum a · w` over one index (circulant.cu names `a` and `w`
+                /// per kernel).
+                pub fn $contraction(
+                    a: *const Complex<$r>,
+                    w: *const Complex<$r>,
+                    out: *mut Complex<$r>,
+                    n: usize,
+                    p: usize,
+                    q: usize,
+                    nf: usize,
+                    b: usize,
+                    scale: $r,
+                );
+            )+
             pub fn $r2c(input: *const $r, out: *mut Complex<$r>, count: usize);
             pub fn $c2r(input: *const Complex<$r>, out: *mut $r, count: usize);
         }
@@ -146,17 +128,21 @@ macro_rules! circulant_kernels {
 
 circulant_kernels!(
     f32,
-    circ_contract_f32,
-    circ_contract_dx_f32,
-    circ_contract_dr_f32,
+    [
+        circ_contract_f32,
+        circ_contract_dx_f32,
+        circ_contract_dr_f32
+    ],
     circ_r2c_len1_f32,
     circ_c2r_len1_f32
 );
 circulant_kernels!(
     f64,
-    circ_contract_f64,
-    circ_contract_dx_f64,
-    circ_contract_dr_f64,
+    [
+        circ_contract_f64,
+        circ_contract_dx_f64,
+        circ_contract_dr_f64
+    ],
     circ_r2c_len1_f64,
     circ_c2r_len1_f64
 );
