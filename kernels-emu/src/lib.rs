@@ -49,14 +49,15 @@ extern "C" {
     );
 }
 
-/// Runs `body` once for every thread of a launch of `shape` and returns when all have
-/// finished. Launches run one at a time, whatever the calling thread.
+/// Runs `body` once for every thread of a launch of `shape`, all on the calling thread, and
+/// returns when all have finished (with `Threads::Synced`, calls are interleaved at barriers).
+/// Launches run one at a time, whatever the calling thread.
 ///
 /// # Safety
 /// `body` must call kernels with arguments that match their C signatures and pointers valid
 /// for the whole launch.
-pub unsafe fn launch<F: Fn() + Sync>(shape: LaunchShape, threads: Threads, body: F) {
-    extern "C" fn trampoline<F: Fn() + Sync>(ctx: *mut c_void) {
+pub unsafe fn launch<F: Fn()>(shape: LaunchShape, threads: Threads, body: F) {
+    extern "C" fn trampoline<F: Fn()>(ctx: *mut c_void) {
         // SAFETY: `ctx` is the `&F` passed below, alive until emu_launch returns.
         let body = unsafe { &*(ctx as *const F) };
         body();
@@ -73,30 +74,6 @@ pub unsafe fn launch<F: Fn() + Sync>(shape: LaunchShape, threads: Threads, body:
             ctx,
         )
     };
-}
-
-/// A pointer that a launch's threads may share (each thread writes its own elements).
-#[derive(Clone, Copy, Debug)]
-pub struct Ptr<T>(pub *mut T);
-
-// SAFETY: the kernels give each thread disjoint elements to write, and a launch returns only
-// after all its threads have finished.
-unsafe impl<T> Send for Ptr<T> {}
-unsafe impl<T> Sync for Ptr<T> {}
-
-impl<T> Ptr<T> {
-    pub fn of(s: &mut [T]) -> Self {
-        Ptr(s.as_mut_ptr())
-    }
-
-    /// A read-only buffer: the kernels take it as `const T *`.
-    pub fn of_const(s: &[T]) -> Self {
-        Ptr(s.as_ptr() as *mut T)
-    }
-
-    pub fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 /// A complex value as the kernels store it (`float2`, `double2`).

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, grid_stride_launches, rng, to_f32, uniform};
 use kernels_emu::{
     bn_backward_dx_f32, bn_finish_grads_f32, bn_finish_stats_f32, bn_forward_f32,
-    bn_partial_grads_f32, bn_partial_stats_f32, launch, shapes, Ptr, Threads,
+    bn_partial_grads_f32, bn_partial_stats_f32, launch, shapes, Threads,
 };
 
 const EPS: f64 = 1e-5;
@@ -89,19 +89,19 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
     );
     let (nu, cu, hwu) = (n as u32, c as u32, hw as u32);
     let (reduce, channels) = (shapes::bn_reduce(cu, splits), shapes::per_channel(cu));
-    let (xp, dyp) = (Ptr::of_const(&x), Ptr::of_const(&dy));
-    let (gp, bp) = (Ptr::of_const(&gamma), Ptr::of_const(&beta));
+    let (xp, dyp) = (x.as_ptr(), dy.as_ptr());
+    let (gp, bp) = (gamma.as_ptr(), beta.as_ptr());
 
     let mut partial = vec![f64::NAN; 2 * c * splits as usize];
     let mut stats = vec![f32::NAN; 2 * c];
-    let (pp, sp) = (Ptr::of(&mut partial), Ptr::of(&mut stats));
+    let (pp, sp) = (partial.as_mut_ptr(), stats.as_mut_ptr());
     // SAFETY: the argument lists of batch_norm.cu; the buffers hold the sizes passed.
     unsafe {
         launch(reduce, Threads::Synced, || {
-            bn_partial_stats_f32(xp.get(), pp.get(), nu, cu, hwu)
+            bn_partial_stats_f32(xp, pp, nu, cu, hwu)
         });
         launch(channels, Threads::Serial, || {
-            bn_finish_stats_f32(xp.get(), pp.get(), sp.get(), nu, cu, hwu, splits)
+            bn_finish_stats_f32(xp, pp, sp, nu, cu, hwu, splits)
         });
     }
     assert_close(
@@ -119,21 +119,11 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
 
     for shape in grid_stride_launches(len) {
         let mut y = vec![f32::NAN; len];
-        let yp = Ptr::of(&mut y);
+        let yp = y.as_mut_ptr();
         // SAFETY: as above.
         unsafe {
             launch(shape, Threads::Serial, || {
-                bn_forward_f32(
-                    xp.get(),
-                    sp.get(),
-                    gp.get(),
-                    bp.get(),
-                    yp.get(),
-                    len,
-                    cu,
-                    hwu,
-                    EPS as f32,
-                )
+                bn_forward_f32(xp, sp, gp, bp, yp, len, cu, hwu, EPS as f32)
             })
         };
         assert_close(&widen(&y), &want.y, 2e-5, &format!("{what}: y"));
@@ -142,29 +132,14 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
     let mut partial = vec![f64::NAN; 2 * c * splits as usize];
     let mut grads = vec![f32::NAN; 2 * c];
     let mut coef = vec![f32::NAN; 3 * c];
-    let (pp, grp, cp) = (
-        Ptr::of(&mut partial),
-        Ptr::of(&mut grads),
-        Ptr::of(&mut coef),
-    );
+    let (pp, grp, cp) = (partial.as_mut_ptr(), grads.as_mut_ptr(), coef.as_mut_ptr());
     // SAFETY: as above.
     unsafe {
         launch(reduce, Threads::Synced, || {
-            bn_partial_grads_f32(dyp.get(), xp.get(), sp.get(), pp.get(), nu, cu, hwu)
+            bn_partial_grads_f32(dyp, xp, sp, pp, nu, cu, hwu)
         });
         launch(channels, Threads::Serial, || {
-            bn_finish_grads_f32(
-                pp.get(),
-                sp.get(),
-                gp.get(),
-                grp.get(),
-                cp.get(),
-                nu,
-                cu,
-                hwu,
-                splits,
-                EPS,
-            )
+            bn_finish_grads_f32(pp, sp, gp, grp, cp, nu, cu, hwu, splits, EPS)
         });
     }
     assert_close(
@@ -181,20 +156,11 @@ fn check(n: usize, c: usize, hw: usize, splits: u32, offset: f64, seed: u64) {
     );
     for shape in grid_stride_launches(len) {
         let mut dx = vec![f32::NAN; len];
-        let dxp = Ptr::of(&mut dx);
+        let dxp = dx.as_mut_ptr();
         // SAFETY: as above.
         unsafe {
             launch(shape, Threads::Serial, || {
-                bn_backward_dx_f32(
-                    xp.get(),
-                    dyp.get(),
-                    sp.get(),
-                    cp.get(),
-                    dxp.get(),
-                    len,
-                    cu,
-                    hwu,
-                )
+                bn_backward_dx_f32(xp, dyp, sp, cp, dxp, len, cu, hwu)
             })
         };
         assert_close(&widen(&dx), &want.dx, 1e-4, &format!("{what}: dx"));

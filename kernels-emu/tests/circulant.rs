@@ -125,16 +125,16 @@ macro_rules! contraction_test {
                 };
                 let flat = |v: &[C]| -> Vec<f64> { v.iter().flatten().copied().collect() };
                 let (xs, rs, gs) = (narrow(&x), narrow(&r), narrow(&g));
-                let (xp, rp, gp) = (Ptr::of_const(&xs), Ptr::of_const(&rs), Ptr::of_const(&gs));
+                let (xp, rp, gp) = (xs.as_ptr(), rs.as_ptr(), gs.as_ptr());
                 let s = scale as $r;
 
                 for shape in grid_stride_launches(n * p * nf) {
                     let mut y = vec![[<$r>::NAN; 2]; n * p * nf];
-                    let yp = Ptr::of(&mut y);
+                    let yp = y.as_mut_ptr();
                     // SAFETY: circ_contract's arguments; the buffers hold the sizes passed.
                     unsafe {
                         launch(shape, Threads::Serial, || {
-                            $contract(xp.get(), rp.get(), yp.get(), n, p, q, nf, b, s)
+                            $contract(xp, rp, yp, n, p, q, nf, b, s)
                         })
                     };
                     assert_close(
@@ -146,11 +146,11 @@ macro_rules! contraction_test {
                 }
                 for shape in grid_stride_launches(n * q * nf) {
                     let mut dx = vec![[<$r>::NAN; 2]; n * q * nf];
-                    let dp = Ptr::of(&mut dx);
+                    let dp = dx.as_mut_ptr();
                     // SAFETY: as above.
                     unsafe {
                         launch(shape, Threads::Serial, || {
-                            $dx(gp.get(), rp.get(), dp.get(), n, p, q, nf, b, s)
+                            $dx(gp, rp, dp, n, p, q, nf, b, s)
                         })
                     };
                     assert_close(&widen(&dx), &flat(&want.dx), $tol, &format!("{what}: dx"));
@@ -164,11 +164,11 @@ macro_rules! contraction_test {
                 };
                 for shape in [ours, one_row] {
                     let mut dr = vec![[<$r>::NAN; 2]; p * q * nf];
-                    let dp = Ptr::of(&mut dr);
+                    let dp = dr.as_mut_ptr();
                     // SAFETY: as above.
                     unsafe {
                         launch(shape, Threads::Synced, || {
-                            $dr(xp.get(), gp.get(), dp.get(), n, p, q, nf, b, s)
+                            $dr(xp, gp, dp, n, p, q, nf, b, s)
                         })
                     };
                     assert_close(
@@ -213,15 +213,11 @@ macro_rules! length_one_test {
             for shape in grid_stride_launches(count) {
                 let mut spectra = vec![[<$r>::NAN; 2]; count];
                 let mut back = vec![<$r>::NAN; count];
-                let (vp, sp, bp) = (
-                    Ptr::of_const(&values),
-                    Ptr::of(&mut spectra),
-                    Ptr::of(&mut back),
-                );
+                let (vp, sp, bp) = (values.as_ptr(), spectra.as_mut_ptr(), back.as_mut_ptr());
                 // SAFETY: the kernels' arguments; every buffer holds `count` elements.
                 unsafe {
-                    launch(shape, Threads::Serial, || $r2c(vp.get(), sp.get(), count));
-                    launch(shape, Threads::Serial, || $c2r(sp.get(), bp.get(), count));
+                    launch(shape, Threads::Serial, || $r2c(vp, sp, count));
+                    launch(shape, Threads::Serial, || $c2r(sp, bp, count));
                 }
                 let want: Vec<Complex<$r>> = values.iter().map(|&v| [v, 0.0]).collect();
                 assert_eq!(spectra, want);

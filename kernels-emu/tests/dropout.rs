@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::grid_stride_launches;
-use kernels_emu::{dropout_mask_f32, launch, Ptr, Threads};
+use kernels_emu::{dropout_mask_f32, launch, Threads};
 
 #[test]
 fn dropout_mask_matches_the_cpu_mask() -> candle_core::Result<()> {
@@ -22,11 +22,11 @@ fn dropout_mask_matches_the_cpu_mask() -> candle_core::Result<()> {
         let scale = 1.0 / (1.0 - p);
         for shape in grid_stride_launches(len) {
             let mut got = vec![f32::NAN; len];
-            let out = Ptr::of(&mut got);
+            let out = got.as_mut_ptr();
             // SAFETY: dropout_mask_f32's arguments; `got` holds `len` values.
             unsafe {
                 launch(shape, Threads::Serial, || {
-                    dropout_mask_f32(out.get(), len, seed, threshold, scale)
+                    dropout_mask_f32(out, len, seed, threshold, scale)
                 })
             };
             assert_eq!(got, want, "len {len}, p {p}, seed {seed}");

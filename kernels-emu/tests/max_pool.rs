@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::{grid_stride_launches, rng};
-use kernels_emu::{launch, max_pool_bwd_f32, max_pool_fwd_f32, Ptr, Threads};
+use kernels_emu::{launch, max_pool_bwd_f32, max_pool_fwd_f32, Threads};
 use rand::Rng;
 
 /// `(n, c, h, w, k, stride)`: overlapping (AlexNet's 3/2), tiling, stride 1, odd and
@@ -48,45 +48,22 @@ fn max_pool_matches_the_cpu_op() -> candle_core::Result<()> {
             let planes = n * c;
             for shape in grid_stride_launches(planes * oh * ow) {
                 let mut got = vec![f32::NAN; want_y.len()];
-                let (xp, yp) = (Ptr::of_const(&x), Ptr::of(&mut got));
+                let (xp, yp) = (x.as_ptr(), got.as_mut_ptr());
                 // SAFETY: max_pool_fwd_f32's arguments; x and y hold the sizes passed.
                 unsafe {
                     launch(shape, Threads::Serial, || {
-                        max_pool_fwd_f32(
-                            xp.get(),
-                            yp.get(),
-                            planes,
-                            h,
-                            w,
-                            oh,
-                            ow,
-                            k,
-                            s,
-                            relu.into(),
-                        )
+                        max_pool_fwd_f32(xp, yp, planes, h, w, oh, ow, k, s, relu.into())
                     })
                 };
                 assert_eq!(got, want_y, "case {case}, relu {relu}: forward");
             }
             for shape in grid_stride_launches(planes * h * w) {
                 let mut got = vec![f32::NAN; x.len()];
-                let (xp, gp, dp) = (Ptr::of_const(&x), Ptr::of_const(&gy), Ptr::of(&mut got));
+                let (xp, gp, dp) = (x.as_ptr(), gy.as_ptr(), got.as_mut_ptr());
                 // SAFETY: max_pool_bwd_f32's arguments; the buffers hold the sizes passed.
                 unsafe {
                     launch(shape, Threads::Serial, || {
-                        max_pool_bwd_f32(
-                            xp.get(),
-                            gp.get(),
-                            dp.get(),
-                            planes,
-                            h,
-                            w,
-                            oh,
-                            ow,
-                            k,
-                            s,
-                            relu.into(),
-                        )
+                        max_pool_bwd_f32(xp, gp, dp, planes, h, w, oh, ow, k, s, relu.into())
                     })
                 };
                 assert_eq!(got, want_dx, "case {case}, relu {relu}: gradient");

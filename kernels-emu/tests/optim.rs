@@ -4,7 +4,7 @@
 mod common;
 
 use common::{grid_stride_launches, rng, uniform};
-use kernels_emu::{launch, Ptr, Threads};
+use kernels_emu::{launch, Threads};
 
 macro_rules! optim_test {
     ($name:ident, $t:ty, $ema:ident, $adamw:ident, $buffer:ident, $update:ident) => {
@@ -36,21 +36,21 @@ macro_rules! optim_test {
             );
 
             // Runs `kernel` on a copy of `dst` with both launches; both must give `want`.
-            let check = |what: &str, dst: &[$t], want: &[$t], kernel: &(dyn Fn(*mut $t) + Sync)| {
+            let check = |what: &str, dst: &[$t], want: &[$t], kernel: &dyn Fn(*mut $t)| {
                 for shape in grid_stride_launches(len) {
                     let mut got = dst.to_vec();
-                    let p = Ptr::of(&mut got);
+                    let p = got.as_mut_ptr();
                     // SAFETY: each kernel below gets `len`-element buffers.
-                    unsafe { launch(shape, Threads::Serial, || kernel(p.get())) };
+                    unsafe { launch(shape, Threads::Serial, || kernel(p)) };
                     assert_eq!(got, want, "{what}, {shape:?}");
                 }
             };
             let (gp, mp, vp, bp, wp) = (
-                Ptr::of_const(&g),
-                Ptr::of_const(&m),
-                Ptr::of_const(&v),
-                Ptr::of_const(&buf),
-                Ptr::of_const(&w0),
+                g.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                buf.as_ptr(),
+                w0.as_ptr(),
             );
 
             for square in [0, 1] {
@@ -58,20 +58,20 @@ macro_rules! optim_test {
                     .map(|i| a * m[i] + b * if square == 1 { g[i] * g[i] } else { g[i] })
                     .collect();
                 check("ema", &m, &want, &|d| unsafe {
-                    $ema(d, gp.get(), len, a, b, square)
+                    $ema(d, gp, len, a, b, square)
                 });
             }
             let want: Vec<$t> = (0..len)
                 .map(|i| w0[i] * decay - lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + eps)))
                 .collect();
             check("adamw", &w0, &want, &|d| unsafe {
-                $adamw(d, mp.get(), vp.get(), len, decay, lr, c1, c2, eps)
+                $adamw(d, mp, vp, len, decay, lr, c1, c2, eps)
             });
             let want: Vec<$t> = (0..len)
                 .map(|i| mu * buf[i] + (g[i] + wd * w0[i]))
                 .collect();
             check("sgd buffer", &buf, &want, &|d| unsafe {
-                $buffer(d, gp.get(), wp.get(), len, mu, wd)
+                $buffer(d, gp, wp, len, mu, wd)
             });
             for rule in [0, 1, 2] {
                 let want: Vec<$t> = (0..len)
@@ -85,7 +85,7 @@ macro_rules! optim_test {
                     })
                     .collect();
                 check(&format!("sgd rule {rule}"), &w0, &want, &|d| unsafe {
-                    $update(d, gp.get(), bp.get(), len, lr, mu, wd, rule)
+                    $update(d, gp, bp, len, lr, mu, wd, rule)
                 });
             }
         }
