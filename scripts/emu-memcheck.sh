@@ -14,11 +14,14 @@ if ! command -v valgrind >/dev/null; then
         exit 1
     fi
 fi
-bins=$(cargo test -p kernels-emu --no-run --message-format=json | python3 -c '
+# The workspace's test build (what `cargo test --workspace` built; `-p kernels-emu` alone would
+# unify features differently and rebuild the dependencies), kernels-emu's binaries from it.
+bins=$(cargo test --workspace --no-run --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable"):
+    if (m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable")
+            and m["manifest_path"].endswith("/kernels-emu/Cargo.toml")):
         print(m["executable"])')
 [ -n "$bins" ] || { echo "emu-memcheck: no test binaries found" >&2; exit 1; }
 for bin in $bins; do
