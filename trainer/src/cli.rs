@@ -19,6 +19,9 @@ Environment (the trainer's settings at start; set a variable to override it):
   MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_
                                 glibc heap settings; by default the trainer keeps freed memory
                                 mapped (faster steps, up to ~1 GiB held)
+  CIRCULANT_NO_HUGE_PAGES       1: keep the kernel's default pages for large buffers (by
+                                default the trainer asks for transparent huge pages for
+                                blocks of 4 MiB and more: faster batch-1 dense layers)
   CIRCULANT_KEEP_DENORMALS      1: compute with denormal floats instead of as 0 (by default
                                 the trainer flushes them, as TensorFlow does: much faster on
                                 Intel CPUs once gradients get tiny)

@@ -9,6 +9,7 @@ mod device;
 mod dist;
 mod eval;
 mod export;
+mod huge_pages;
 mod info;
 mod metrics;
 mod optim;
@@ -17,6 +18,9 @@ mod predict;
 mod progress;
 mod runtime;
 mod train;
+
+#[global_allocator]
+static ALLOC: huge_pages::HugePageAlloc = huge_pages::HugePageAlloc;
 
 fn main() {
     runtime::configure();

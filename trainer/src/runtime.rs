@@ -1,5 +1,5 @@
 //! Process settings the trainer makes once at start (a library never does): thread pools, the
-//! C heap, denormal floats, the GPU memory pool. Each can be overridden from the environment;
+//! C heap, huge pages, denormal floats, the GPU memory pool. Each can be overridden from the environment;
 //! `trainer --help` lists them, and docs/BENCHMARKS.md has the measurements behind them.
 
 use candle_core::Device;
@@ -35,6 +35,9 @@ pub fn configure() {
         std::env::set_var(name, value);
     }
     keep_freed_heap_memory();
+    if !std::env::var(crate::huge_pages::NO_HUGE_PAGES).is_ok_and(|v| v.trim() == "1") {
+        crate::huge_pages::enable();
+    }
     if !std::env::var(KEEP_DENORMALS).is_ok_and(|v| v.trim() == "1") {
         flush_denormals();
     }
