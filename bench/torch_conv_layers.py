@@ -1,11 +1,12 @@
 """PyTorch peer of `circulant-model/examples/conv_layers.rs`: CPU time of the five
-convolutions (each followed by a ReLU) of AlexNet (and its first max pool) or of cifar-cnn,
-eval mode, no autograd.
+convolutions (each followed by a ReLU) of AlexNet (and its first max pool), cifar-cnn or
+mnist-cnn, eval mode, no autograd. With `--train`, each call is the forward pass and the backward
+pass of the sum of the outputs (input, weight and bias gradients) instead.
 
 Prints one line per layer with the fastest of 100 calls after 5 warm-up calls (the fastest
 call is the figure least disturbed by other work on a shared machine).
 
-    python bench/torch_conv_layers.py --batch 1 --threads 2 [--net alexnet|cifar]
+    python bench/torch_conv_layers.py --batch 1 --threads 2 [--net alexnet|cifar|mnist] [--train]
 """
 
 import argparse
@@ -32,6 +33,11 @@ LAYERS = {
         ("conv4", 128, 128, 3, 1, 1, 16),
         ("conv5", 128, 256, 3, 1, 1, 8),
     ],
+    # circulant-model's mnist-cnn
+    "mnist": [
+        ("conv1", 1, 32, 5, 1, 0, 28),
+        ("conv2", 32, 64, 5, 1, 0, 12),
+    ],
 }
 
 
@@ -51,19 +57,31 @@ def main():
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--net", choices=sorted(LAYERS), default="alexnet")
+    p.add_argument("--train", action="store_true", help="forward + backward of the sum of the outputs")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     total = 0.0
+    for name, ci, co, k, s, pad, side in LAYERS[a.net]:
+        conv = nn.Conv2d(ci, co, k, s, pad)
+        x = torch.randn(a.batch, ci, side, side)
+        if a.train:
+            x.requires_grad_(True)
+
+            def step():
+                # fresh gradients each call, as a training step after `zero_grad()`
+                x.grad = conv.weight.grad = conv.bias.grad = None
+                torch.relu(conv(x)).sum().backward()
+
+            ms = fastest_ms(step)
+        else:
+            with torch.inference_mode():
+                ms = fastest_ms(lambda: torch.relu(conv.eval()(x)))
+        total += ms
+        print(f"{name} b{a.batch} {ms:.3f} ms")
     with torch.inference_mode():
-        for name, ci, co, k, s, pad, side in LAYERS[a.net]:
-            conv = nn.Conv2d(ci, co, k, s, pad).eval()
-            x = torch.randn(a.batch, ci, side, side)
-            ms = fastest_ms(lambda: torch.relu(conv(x)))
-            total += ms
-            print(f"{name} b{a.batch} {ms:.3f} ms")
-        if a.net == "alexnet":
+        if a.net == "alexnet" and not a.train:
             x = torch.randn(a.batch, 64, 55, 55)
             pool = nn.MaxPool2d(3, 2)
             print(f"pool1 {fastest_ms(lambda: pool(x)):.3f} ms")
