@@ -2,7 +2,8 @@
 //! cifar-cnn or mnist-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same
 //! layers, same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed
 //! by other work on the machine). With `train`, each call is the forward pass and the backward
-//! pass of the sum of the outputs (input, weight and bias gradients) instead.
+//! pass of the sum of the outputs (input, weight and bias gradients) instead. `LAYER=conv2`
+//! (say) times that layer alone.
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar|mnist] [train]
@@ -61,6 +62,9 @@ fn main() -> Result<()> {
     };
     let mut total = 0.0;
     for &(name, ci, co, k, s, p, h) in layers {
+        if std::env::var("LAYER").is_ok_and(|only| only != name) {
+            continue;
+        }
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.05, (co, ci, k, k), &dev)?)?;
         let b = Var::from_tensor(&Tensor::zeros(co, DType::F32, &dev)?)?;
         let conv = Conv2dLayer::new(w, b, p, s)?;
