@@ -1,6 +1,7 @@
 //! Process settings the trainer makes once at start (a library never does): thread pools, the
-//! C heap, huge pages, denormal floats, the GPU memory pool. Each can be overridden from the environment;
-//! `trainer --help` lists them, and docs/BENCHMARKS.md has the measurements behind them.
+//! C heap, huge pages, denormal floats, the GPU memory pool. Each can be overridden from the
+//! environment; `trainer --help` lists them, and docs/BENCHMARKS.md has the measurements behind
+//! them.
 
 use candle_core::Device;
 
@@ -35,12 +36,17 @@ pub fn configure() {
         std::env::set_var(name, value);
     }
     keep_freed_heap_memory();
-    if !std::env::var(crate::huge_pages::NO_HUGE_PAGES).is_ok_and(|v| v.trim() == "1") {
+    if !env_is(crate::huge_pages::NO_HUGE_PAGES, "1") {
         crate::huge_pages::enable();
     }
-    if !std::env::var(KEEP_DENORMALS).is_ok_and(|v| v.trim() == "1") {
+    if !env_is(KEEP_DENORMALS, "1") {
         flush_denormals();
     }
+}
+
+/// Whether the environment variable `name` is set to `value` (around spaces).
+fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == value)
 }
 
 /// Makes this thread's SSE/AVX arithmetic treat denormal floats (below 2^-126 in f32) as 0,
@@ -96,7 +102,7 @@ fn keep_freed_heap_memory() -> bool {
 /// so large layers map their buffers again every step). Does nothing on the CPU, or when
 /// [`KEEP_DEVICE_MEMORY`] is `0`.
 pub fn prepare_device(device: &Device) {
-    if std::env::var(KEEP_DEVICE_MEMORY).is_ok_and(|v| v.trim() == "0") {
+    if env_is(KEEP_DEVICE_MEMORY, "0") {
         return;
     }
     #[cfg(feature = "cuda")]
