@@ -76,8 +76,9 @@ def main():
 
             ms = fastest_ms(step)
         else:
+            conv.eval()
             with torch.inference_mode():
-                ms = fastest_ms(lambda: torch.relu(conv.eval()(x)))
+                ms = fastest_ms(lambda: torch.relu(conv(x)))
         total += ms
         print(f"{name} b{a.batch} {ms:.3f} ms")
     with torch.inference_mode():
