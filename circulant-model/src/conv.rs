@@ -13,6 +13,7 @@ use std::ops::Range;
 
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod lanes;
 mod winograd;
 
 use crate::cpu::{
@@ -848,6 +849,21 @@ mod tests {
             (2, 16, 16, 32, 32, 5, 3, 1),
         ] {
             check_against_reference(&mut rng, case);
+        }
+    }
+
+    /// The Winograd transforms equal the float64 reference at each narrower vector width
+    /// than the CPU's widest (which every other test runs), with channel and tile counts that
+    /// leave partial vectors.
+    #[test]
+    fn winograd_at_every_lane_width_matches_float64_reference() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for cap in [lanes::Width::Portable, lanes::Width::Avx] {
+            lanes::test_cap::with(cap, || {
+                for case in [(2, 17, 20, 32, 31, 3, 1, 1), (3, 16, 18, 30, 29, 5, 2, 1)] {
+                    check_against_reference(&mut rng, case);
+                }
+            });
         }
     }
 

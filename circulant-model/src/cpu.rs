@@ -39,6 +39,14 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// The `rows x cols` matrix whose rows start `rs` values apart in `data`.
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            rs,
+            ..Self::rows(data, rows, cols)
+        }
+    }
+
     /// The transposed view (no copy).
     pub(crate) fn t(self) -> Self {
         Self {

@@ -13,7 +13,9 @@
 //! Work is split into tasks of [`Algo::TILES`] consecutive tiles (across images), each
 //! transforming its patches into a thread-owned scratch buffer, running its `N²` products and
 //! writing its output pixels; with fewer than two blocks of tiles per thread the output
-//! channels are split too.
+//! channels are split too. The input and output transforms run on vectors of channels or
+//! tiles ([`super::lanes`]): the input is first copied into a padded layout with 16 channels
+//! side by side ([`Blocked`]), so that each entry of 16 patches is one load.
 //!
 //! The backward pass runs the same way: the input gradient is a Winograd convolution of the
 //! output gradient with the flipped filters ([`input_grad_geometry`]), and the weight gradient
@@ -21,6 +23,7 @@
 
 use rayon::prelude::*;
 
+use super::lanes::{with_lanes, Lane, LANES};
 use super::Geometry;
 use crate::cpu::{gemm_block, matmul, with_scratch, Mat, SendPtr};
 
@@ -30,11 +33,11 @@ pub(super) trait Algo<const N: usize, const R: usize> {
     /// Tiles per task of the forward pass.
     const TILES: usize;
     /// `Bᵀ·a`: the input transform.
-    fn bt(a: [f32; N]) -> [f32; N];
+    fn bt<L: Lane>(a: [L; N]) -> [L; N];
     /// `G·a`: the filter transform.
     fn g(a: [f32; R]) -> [f32; N];
     /// `Aᵀ·a`: the output transform.
-    fn at(a: [f32; N]) -> [f32; 2];
+    fn at<L: Lane>(a: [L; N]) -> [L; 2];
 }
 
 /// The adjoint transforms of an [`Algo`], which its weight gradient runs on.
@@ -55,7 +58,7 @@ impl Algo<4, 3> for F2x3 {
 
     /// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
     #[inline(always)]
-    fn bt(a: [f32; 4]) -> [f32; 4] {
+    fn bt<L: Lane>(a: [L; 4]) -> [L; 4] {
         [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]]
     }
 
@@ -67,7 +70,7 @@ impl Algo<4, 3> for F2x3 {
 
     /// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
     #[inline(always)]
-    fn at(a: [f32; 4]) -> [f32; 2] {
+    fn at<L: Lane>(a: [L; 4]) -> [L; 2] {
         [a[0] + a[1] + a[2], a[1] - a[2] - a[3]]
     }
 }
@@ -92,22 +95,23 @@ impl Adjoint<4, 3> for F2x3 {
 pub(super) struct F2x5;
 
 impl Algo<6, 5> for F2x5 {
-    /// Half F(2×2, 3×3)'s: each tile holds 36 transformed values, not 16 (not tuned).
-    const TILES: usize = 32;
+    /// AlexNet's conv2 forward at batch 32 took 54, 43, 40.5 and 41 ms with 16, 32, 64 and
+    /// 128 (2-vCPU Xeon with AVX-512, 2026-12-03).
+    const TILES: usize = 64;
 
     /// `Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
     /// [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]`.
     #[inline(always)]
-    fn bt(a: [f32; 6]) -> [f32; 6] {
-        let (p, q) = (a[4] - 4.0 * a[2], a[3] - 4.0 * a[1]);
-        let (r, s) = (a[4] - a[2], 2.0 * (a[3] - a[1]));
+    fn bt<L: Lane>(a: [L; 6]) -> [L; 6] {
+        let (p, q) = (a[4] - a[2] * 4.0, a[3] - a[1] * 4.0);
+        let (r, s) = (a[4] - a[2], (a[3] - a[1]) * 2.0);
         [
-            4.0 * a[0] - 5.0 * a[2] + a[4],
+            a[0] * 4.0 - a[2] * 5.0 + a[4],
             p + q,
             p - q,
             r + s,
             r - s,
-            4.0 * a[1] - 5.0 * a[3] + a[5],
+            a[1] * 4.0 - a[3] * 5.0 + a[5],
         ]
     }
 
@@ -129,17 +133,17 @@ impl Algo<6, 5> for F2x5 {
 
     /// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]]`.
     #[inline(always)]
-    fn at(m: [f32; 6]) -> [f32; 2] {
+    fn at<L: Lane>(m: [L; 6]) -> [L; 2] {
         let (s, d) = ((m[1] + m[2], m[3] + m[4]), (m[1] - m[2], m[3] - m[4]));
-        [m[0] + s.0 + s.1, d.0 + 2.0 * d.1 + m[5]]
+        [m[0] + s.0 + s.1, d.0 + d.1 * 2.0 + m[5]]
     }
 }
 
 /// The `Q×Q` block of entries `at(i, j)` (explicit loops: `std::array::from_fn` was not
 /// inlined in the transforms' loops).
 #[inline(always)]
-fn block<const Q: usize>(at: impl Fn(usize, usize) -> f32) -> [[f32; Q]; Q] {
-    let mut d = [[0f32; Q]; Q];
+fn block<L: Lane, const Q: usize>(at: impl Fn(usize, usize) -> L) -> [[L; Q]; Q] {
+    let mut d = [[L::ZERO; Q]; Q];
     for (i, row) in d.iter_mut().enumerate() {
         for (j, v) in row.iter_mut().enumerate() {
             *v = at(i, j);
@@ -151,21 +155,21 @@ fn block<const Q: usize>(at: impl Fn(usize, usize) -> f32) -> [[f32; Q]; Q] {
 /// `f` applied to the columns of the `Q×Q` block `d`, then to the rows of the result:
 /// `F·d·Fᵀ` for the `P×Q` matrix `F` of `f`.
 #[inline(always)]
-fn sandwich<const P: usize, const Q: usize>(
-    f: impl Fn([f32; Q]) -> [f32; P],
-    d: &[[f32; Q]; Q],
-) -> [[f32; P]; P] {
-    let mut cols = [[0f32; P]; Q];
+fn sandwich<L: Lane, const P: usize, const Q: usize>(
+    f: impl Fn([L; Q]) -> [L; P],
+    d: &[[L; Q]; Q],
+) -> [[L; P]; P] {
+    let mut cols = [[L::ZERO; P]; Q];
     for (s, col) in cols.iter_mut().enumerate() {
-        let mut v = [0f32; Q];
+        let mut v = [L::ZERO; Q];
         for (r, v) in v.iter_mut().enumerate() {
             *v = d[r][s];
         }
         *col = f(v);
     }
-    let mut out = [[0f32; P]; P];
+    let mut out = [[L::ZERO; P]; P];
     for (i, row) in out.iter_mut().enumerate() {
-        let mut v = [0f32; Q];
+        let mut v = [L::ZERO; Q];
         for (s, v) in v.iter_mut().enumerate() {
             *v = cols[s][i];
         }
@@ -204,9 +208,10 @@ const MIN_TILES: usize = 512;
 /// Values between the starts of two transformed planes holding `len` values: `len` and one
 /// cache line more, so that the `N²` planes a transform writes or reads together do not start
 /// at the same offset modulo 4 KiB (planes of 64 tiles often span a multiple of 4 KiB, and
-/// 16 streams in the same L1 sets made the transforms 5× slower).
+/// 16 streams in the same L1 sets made the transforms 5× slower). The extra [`LANES`] values
+/// also let the output transform read whole vectors past a plane's last tile.
 fn padded(len: usize) -> usize {
-    len + 16
+    len + LANES
 }
 
 /// Whether the forward pass of `g` runs as Winograd F(2×2, k×k).
@@ -287,7 +292,7 @@ fn filters_with<const N: usize, const R: usize, T: Algo<N, R>>(
             // The block's N×N filters one after the other, then scattered plane by plane.
             let block: Vec<[[f32; N]; N]> = w
                 .chunks_exact(R * R)
-                .map(|k| sandwich(T::g, &block::<R>(|r, s| k[R * r + s])))
+                .map(|k| sandwich(T::g, &block::<f32, R>(|r, s| k[R * r + s])))
                 .collect();
             for (xi, plane) in dst.into_iter().enumerate() {
                 for (d, u) in plane.iter_mut().zip(&block) {
@@ -336,6 +341,8 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
     } else {
         T::TILES
     };
+    let xb = Blocked::new::<N>(g, (x, mask));
+    let ld = xb.ld();
     let out = SendPtr(y.as_mut_ptr());
     (0..blocks * groups).into_par_iter().for_each(|task| {
         let (blk, grp) = (task / groups, task % groups);
@@ -345,20 +352,20 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
             return;
         }
         let (nt, no) = (ts.len(), os.len());
-        let (vs, ms) = (padded(g.c_in * nt), padded(no * nt));
+        let (vs, ms) = (padded(ld * nt), padded(no * nt));
         with_scratch(N * N * (vs + ms), |buf| {
             let (v, m) = buf.split_at_mut(N * N * vs);
             let tiles = tile_list::<N>(g, ts);
-            transform_input::<N, R, T>(g, (x, mask), &tiles, v, vs);
+            transform_input::<N, R, T>(&xb, &tiles, v, vs);
             let plane = g.c_out * g.c_in;
             for xi in 0..N * N {
                 let a = Mat::rows(&u[xi * plane + os.start * g.c_in..], no, g.c_in);
-                let b = Mat::rows(&v[xi * vs..], g.c_in, nt);
+                let b = Mat::strided(&v[xi * vs..], nt, g.c_in, ld).t();
                 // SAFETY: plane ξ of `m` holds `no · nt` values.
                 unsafe { gemm_block(SendPtr(m[xi * ms..].as_mut_ptr()), nt, a, b, false) };
             }
             // SAFETY: this task alone writes the pixels of tiles `ts` in channels `os`.
-            unsafe { transform_output::<N, R, T>(g, (m, ms), &tiles, os, bias, relu, out) };
+            unsafe { transform_output::<N, R, T>(g, (m, ms), &tiles, os, (bias, relu), out) };
         })
     });
 }
@@ -402,6 +409,8 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
     // block (a resumed training run repeats the uninterrupted one bit for bit).
     let blocks = tiles.div_ceil(GRAD_TILES);
     let runs = blocks.min(2 * rayon::current_num_threads().max(1));
+    let xb = Blocked::new::<N>(g, (x, None));
+    let ld = xb.ld();
     let partials: Vec<Vec<f32>> = (0..runs)
         .into_par_iter()
         .map(|run| {
@@ -409,14 +418,14 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
             for blk in run * blocks / runs..(run + 1) * blocks / runs {
                 let ts = blk * GRAD_TILES..((blk + 1) * GRAD_TILES).min(tiles);
                 let nt = ts.len();
-                let (vs, zs) = (padded(g.c_in * nt), padded(nt * g.c_out));
+                let (vs, zs) = (padded(ld * nt), padded(nt * g.c_out));
                 with_scratch(N * N * (vs + zs), |buf| {
                     let (v, z) = buf.split_at_mut(N * N * vs);
                     let tiles = tile_list::<N>(g, ts);
-                    transform_input::<N, R, T>(g, (x, None), &tiles, v, vs);
+                    transform_input::<N, R, T>(&xb, &tiles, v, vs);
                     transform_grad::<N, R, T>(g, (dy, mask), &tiles, z, zs);
                     for xi in 0..N * N {
-                        let a = Mat::rows(&v[xi * vs..], g.c_in, nt);
+                        let a = Mat::strided(&v[xi * vs..], nt, g.c_in, ld).t();
                         let b = Mat::rows(&z[xi * zs..], nt, g.c_out);
                         matmul(&mut acc[xi * plane..][..plane], a, b, true, false);
                     }
@@ -436,7 +445,7 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
         .enumerate()
         .for_each(|(o, dw)| {
             for (c, k) in dw.chunks_exact_mut(R * R).enumerate() {
-                let mv = block::<N>(|i, j| m[(N * i + j) * plane + c * g.c_out + o]);
+                let mv = block::<f32, N>(|i, j| m[(N * i + j) * plane + c * g.c_out + o]);
                 for (r, row) in sandwich(T::gt, &mv).iter().enumerate() {
                     k[R * r..R * r + R].copy_from_slice(row);
                 }
@@ -477,14 +486,12 @@ fn transform_grad<const N: usize, const R: usize, T: Adjoint<N, R>>(
     }
 }
 
-/// Where a tile's `N×N` input patch and 2×2 output block lie.
+/// Where a tile lies: its 2×2 output block, and its `N×N` input patch at the same offset in
+/// the padded input of [`Blocked`].
 #[derive(Clone, Copy)]
 struct Tile {
     /// Image index.
     img: usize,
-    /// Top-left input pixel of the patch (may lie in the padding).
-    y0: isize,
-    x0: isize,
     /// Top-left output pixel.
     oy: usize,
     ox: usize,
@@ -492,13 +499,11 @@ struct Tile {
 
 /// The tiles `ts` (numbered image by image, row by row) of `g`.
 fn tile_list<const N: usize>(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
-    let (th, tw, p) = (g.oh.div_ceil(2), g.ow.div_ceil(2), g.padding as isize);
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     ts.map(|t| {
         let (img, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
         Tile {
             img,
-            y0: 2 * ty as isize - p,
-            x0: 2 * tx as isize - p,
             oy: 2 * ty,
             ox: 2 * tx,
         }
@@ -506,55 +511,100 @@ fn tile_list<const N: usize>(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Ti
     .collect()
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for the `N×N` input patch `d` of channel `c` under each tile `t`
-/// (zero outside the image, and where a `mask` is given and not positive), into `v`: `N²`
-/// row-major `(c_in, tiles.len())` planes, `plane` values apart.
+/// The input of a convolution laid out for [`transform_input`]: per image, blocks of
+/// [`LANES`] channels, each an `(hp, wp, LANES)` array of the channels' zero-padded planes
+/// (channel fastest, so that the same pixel of a block's channels is one vector), zero outside
+/// the image, in the channels past `c_in`, and where a mask is given and not positive.
+pub(super) struct Blocked {
+    data: Vec<f32>,
+    /// Channel blocks per image.
+    blocks: usize,
+    /// Padded rows and columns: every tile's `N×N` patch lies inside.
+    hp: usize,
+    wp: usize,
+}
+
+impl Blocked {
+    fn new<const N: usize>(g: &Geometry, (x, mask): (&[f32], Option<&[f32]>)) -> Self {
+        let blocks = g.c_in.div_ceil(LANES);
+        // The last tile's patch ends N - 2 past its 2×2 output block.
+        let (hp, wp) = (2 * g.oh.div_ceil(2) + N - 2, 2 * g.ow.div_ceil(2) + N - 2);
+        let mut data = vec![0f32; g.n * blocks * hp * wp * LANES];
+        let (p, hw) = (g.padding, g.h * g.w);
+        data.par_chunks_mut(hp * wp * LANES)
+            .enumerate()
+            .for_each(|(ib, dst)| {
+                let (img, cb) = (ib / blocks, ib % blocks);
+                let first = (img * g.c_in + cb * LANES) * hw;
+                // Row by row, so that the destination row stays in L1 across the lanes.
+                for y in 0..g.h {
+                    let row = &mut dst[((y + p) * wp + p) * LANES..][..g.w * LANES];
+                    for l in 0..LANES.min(g.c_in - cb * LANES) {
+                        let at = first + l * hw + y * g.w;
+                        let (src, dst) = (&x[at..][..g.w], row[l..].iter_mut().step_by(LANES));
+                        match mask {
+                            Some(m) => {
+                                let m = &m[at..][..g.w];
+                                for ((d, &v), &m) in dst.zip(src).zip(m) {
+                                    *d = if m > 0.0 { v } else { 0.0 };
+                                }
+                            }
+                            None => dst.zip(src).for_each(|(d, &v)| *d = v),
+                        }
+                    }
+                }
+            });
+        Self {
+            data,
+            blocks,
+            hp,
+            wp,
+        }
+    }
+
+    /// Values per row of the transformed-input planes: the channels rounded up to blocks.
+    fn ld(&self) -> usize {
+        self.blocks * LANES
+    }
+}
+
+/// `V[ξ][t][c] = (Bᵀ d B)[ξ]` for the `N×N` input patch `d` of channel `c` under each tile `t`,
+/// [`LANES`] channels at a time from the blocked input `xb`, into `v`: `N²` row-major
+/// `(tiles.len(), xb.ld())` planes, `plane` values apart.
 fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
-    g: &Geometry,
-    (x, mask): (&[f32], Option<&[f32]>),
+    xb: &Blocked,
     tiles: &[Tile],
     v: &mut [f32],
     plane: usize,
 ) {
-    let nt = tiles.len();
-    let (h, w) = (g.h as isize, g.w as isize);
-    // `v`, or 0 where the mask value `m` is not positive.
-    let keep = |v: f32, m: f32| if m <= 0.0 { 0.0 } else { v };
-    for c in 0..g.c_in {
-        for (col, tile) in tiles.iter().enumerate() {
-            let start = (tile.img * g.c_in + c) * g.h * g.w;
-            let src = &x[start..][..g.h * g.w];
-            let mask = mask.map(|m| &m[start..][..g.h * g.w]);
-            let (y0, x0) = (tile.y0, tile.x0);
-            let mut d = [[0f32; N]; N];
-            if y0 >= 0 && x0 >= 0 && y0 + N as isize <= h && x0 + N as isize <= w {
-                for (r, row) in d.iter_mut().enumerate() {
-                    let at = (y0 as usize + r) * g.w + x0 as usize;
-                    *row = src[at..at + N].try_into().expect("N values");
-                    if let Some(mask) = mask {
-                        for (val, &m) in row.iter_mut().zip(&mask[at..at + N]) {
-                            *val = keep(*val, m);
-                        }
+    with_lanes!(transform_input_with::<N, R, T>(xb, tiles, v, plane))
+}
+
+/// [`transform_input`] on `L::WIDTH` channels at a time.
+#[inline(always)]
+fn transform_input_with<const N: usize, const R: usize, T: Algo<N, R>, L: Lane>(
+    xb: &Blocked,
+    tiles: &[Tile],
+    v: &mut [f32],
+    plane: usize,
+) {
+    let (ld, row) = (xb.ld(), xb.wp * LANES);
+    for (col, tile) in tiles.iter().enumerate() {
+        for cb in 0..xb.blocks {
+            let at = ((tile.img * xb.blocks + cb) * xb.hp + tile.oy) * row + tile.ox * LANES;
+            let src = &xb.data[at..][..(N - 1) * (row + LANES) + LANES];
+            let dst = col * ld + cb * LANES;
+            for l in (0..LANES).step_by(L::WIDTH) {
+                let d = block::<L, N>(|r, s| L::load(&src[r * row + s * LANES + l..]));
+                let e = sandwich(
+                    #[inline(always)]
+                    |a| T::bt(a),
+                    &d,
+                );
+                for (i, e) in e.iter().enumerate() {
+                    for (j, e) in e.iter().enumerate() {
+                        e.store(&mut v[(N * i + j) * plane + dst + l..]);
                     }
-                }
-            } else {
-                for (r, row) in d.iter_mut().enumerate() {
-                    let iy = y0 + r as isize;
-                    if iy < 0 || iy >= h {
-                        continue;
-                    }
-                    for (s, val) in row.iter_mut().enumerate() {
-                        let ix = x0 + s as isize;
-                        if ix >= 0 && ix < w {
-                            let at = iy as usize * g.w + ix as usize;
-                            *val = mask.map_or(src[at], |m| keep(src[at], m[at]));
-                        }
-                    }
-                }
-            }
-            for (i, row) in sandwich(T::bt, &d).iter().enumerate() {
-                for (j, &val) in row.iter().enumerate() {
-                    v[(N * i + j) * plane + c * nt + col] = val;
                 }
             }
         }
@@ -562,8 +612,9 @@ fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
 }
 
 /// `Y = Aᵀ M A` (+ bias, ReLU) for every tile of `tiles` and channel of `os`, from the products
-/// `m` (`N²` row-major `(os.len(), tiles.len())` planes, `m.1` values apart), written to the
-/// output pixels inside the image.
+/// `m` (`N²` row-major `(os.len(), tiles.len())` planes, `m.1 ≥ os.len() · tiles.len() +
+/// LANES` values apart), written to the output pixels inside the image, [`LANES`] tiles at a
+/// time where the CPU allows.
 ///
 /// # Safety
 /// `out` points at the `(n, c_out, oh, ow)` output, and no other thread writes the pixels of
@@ -573,23 +624,64 @@ unsafe fn transform_output<const N: usize, const R: usize, T: Algo<N, R>>(
     m: (&[f32], usize),
     tiles: &[Tile],
     os: std::ops::Range<usize>,
-    bias: &[f32],
-    relu: bool,
+    (bias, relu): (&[f32], bool),
     out: SendPtr,
 ) {
-    let ((m, plane), nt) = (m, tiles.len());
+    // SAFETY: the caller's.
+    unsafe {
+        with_lanes!(transform_output_with::<N, R, T>(
+            g,
+            m,
+            tiles,
+            os,
+            (bias, relu),
+            out
+        ))
+    }
+}
+
+/// [`transform_output`] on `L::WIDTH` tiles at a time.
+///
+/// # Safety
+/// As [`transform_output`].
+#[inline(always)]
+unsafe fn transform_output_with<const N: usize, const R: usize, T: Algo<N, R>, L: Lane>(
+    g: &Geometry,
+    (m, plane): (&[f32], usize),
+    tiles: &[Tile],
+    os: std::ops::Range<usize>,
+    (bias, relu): (&[f32], bool),
+    out: SendPtr,
+) {
+    let nt = tiles.len();
     for (row, o) in os.enumerate() {
-        // The N² planes of this output channel's products.
-        let mp: [[&[f32]; N]; N] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| &m[(N * i + j) * plane + row * nt..][..nt])
-        });
-        for (col, tile) in tiles.iter().enumerate() {
-            let px = sandwich(T::at, &block(|i, j| mp[i][j][col]));
-            let base = (tile.img * g.c_out + o) * g.oh * g.ow + tile.oy * g.ow + tile.ox;
-            for (r, px) in px.into_iter().enumerate().take(g.oh - tile.oy) {
-                for (s, val) in px.into_iter().enumerate().take(g.ow - tile.ox) {
-                    let val = val + bias[o];
-                    *out.0.add(base + r * g.ow + s) = if relu { val.max(0.0) } else { val };
+        // The N² planes of this output channel's products, each readable LANES values past
+        // its last tile (the planes' padding, or the next channel's values).
+        let mp: [[&[f32]; N]; N] =
+            std::array::from_fn(|i| std::array::from_fn(|j| &m[(N * i + j) * plane + row * nt..]));
+        for c0 in (0..nt).step_by(L::WIDTH) {
+            let px = sandwich(
+                #[inline(always)]
+                |a| T::at(a),
+                &block::<L, N>(|i, j| L::load(&mp[i][j][c0..])),
+            );
+            let mut vals = [[[0f32; LANES]; 2]; 2];
+            for (px, vals) in px.iter().zip(&mut vals) {
+                for (px, vals) in px.iter().zip(vals) {
+                    px.store(vals);
+                }
+            }
+            for (t, tile) in tiles[c0..(c0 + L::WIDTH).min(nt)].iter().enumerate() {
+                let base = (tile.img * g.c_out + o) * g.oh * g.ow + tile.oy * g.ow + tile.ox;
+                for (r, vals) in vals.iter().enumerate().take(g.oh - tile.oy) {
+                    for (s, vals) in vals.iter().enumerate().take(g.ow - tile.ox) {
+                        let val = vals[t] + bias[o];
+                        // SAFETY: the pixel lies in the output (the caller's pointer), and
+                        // only this call writes it.
+                        unsafe {
+                            *out.0.add(base + r * g.ow + s) = if relu { val.max(0.0) } else { val }
+                        };
+                    }
                 }
             }
         }
