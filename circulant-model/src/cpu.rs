@@ -222,9 +222,22 @@ pub(crate) fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)
 /// keeps its largest buffer (an AlexNet conv1 patch matrix: 4.4 MB).
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
     }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    with_kept(&SCRATCH, len, f)
+}
+
+/// A buffer a thread keeps between calls of [`with_kept`].
+pub(crate) type KeptBuffer = std::cell::RefCell<Vec<f32>>;
+
+/// Runs `f` on the first `len` values of the calling thread's buffer `key` (grown as needed,
+/// never shrunk), or on a fresh zeroed one when a nested call on this thread holds it.
+pub(crate) fn with_kept<R>(
+    key: &'static std::thread::LocalKey<KeptBuffer>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);

@@ -87,6 +87,7 @@ impl Lane for V4 {
 /// The widest values the transforms run on: [`Width::Avx512`] ([`V16`]), [`Width::Avx`]
 /// ([`V8`]) or [`Width::Portable`] ([`V4`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) enum Width {
     Portable,
     Avx,

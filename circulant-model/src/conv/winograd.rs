@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::lanes::{with_lanes, Lane, LANES};
 use super::Geometry;
-use crate::cpu::{gemm_block, matmul, with_scratch, Mat, SendPtr};
+use crate::cpu::{gemm_block, matmul, with_kept, with_scratch, KeptBuffer, Mat, SendPtr};
 
 /// One Winograd algorithm F(2×2, R×R): its `N×N` input patches (`N = R + 1`) and the 1-d
 /// transforms it applies to the columns, then the rows, of each block.
@@ -536,7 +536,7 @@ impl Blocked<'_> {
         f: impl FnOnce(&Blocked) -> O,
     ) -> O {
         thread_local! {
-            static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+            static BUF: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
         }
         let blocks = g.c_in.div_ceil(LANES);
         // The last tile's patch ends N - 2 past its 2×2 output block.
@@ -590,15 +590,7 @@ impl Blocked<'_> {
                 wp,
             })
         };
-        BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                if buf.len() < len {
-                    buf.resize(len, 0.0);
-                }
-                blocked(&mut buf[..len])
-            }
-            Err(_) => blocked(&mut vec![0.0; len]),
-        })
+        with_kept(&BUF, len, blocked)
     }
 
     /// Values per row of the transformed-input planes: the channels rounded up to blocks.
