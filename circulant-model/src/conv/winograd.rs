@@ -355,7 +355,7 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
             let (vs, ms) = (padded(ld * nt), padded(no * nt));
             with_scratch(N * N * (vs + ms), |buf| {
                 let (v, m) = buf.split_at_mut(N * N * vs);
-                let tiles = tile_list::<N>(g, ts);
+                let tiles = tile_list(g, ts);
                 transform_input::<N, R, T>(xb, &tiles, v, vs);
                 let plane = g.c_out * g.c_in;
                 for xi in 0..N * N {
@@ -422,7 +422,7 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
                     let (vs, zs) = (padded(ld * nt), padded(nt * g.c_out));
                     with_scratch(N * N * (vs + zs), |buf| {
                         let (v, z) = buf.split_at_mut(N * N * vs);
-                        let tiles = tile_list::<N>(g, ts);
+                        let tiles = tile_list(g, ts);
                         transform_input::<N, R, T>(xb, &tiles, v, vs);
                         transform_grad::<N, R, T>(g, (dy, mask), &tiles, z, zs);
                         for xi in 0..N * N {
@@ -500,7 +500,7 @@ struct Tile {
 }
 
 /// The tiles `ts` (numbered image by image, row by row) of `g`.
-fn tile_list<const N: usize>(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
+fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     ts.map(|t| {
         let (img, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
