@@ -517,7 +517,7 @@ fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
 /// [`LANES`] channels, each an `(hp, wp, LANES)` array of the channels' zero-padded planes
 /// (channel fastest, so that the same pixel of a block's channels is one vector), zero outside
 /// the image, in the channels past `c_in`, and where a mask is given and not positive.
-pub(super) struct Blocked<'a> {
+struct Blocked<'a> {
     data: &'a [f32],
     /// Channel blocks per image.
     blocks: usize,
