@@ -45,7 +45,7 @@ pub(super) trait Adjoint<const N: usize, const R: usize>: Algo<N, R> {
     /// `Gᵀ·a`: the adjoint of the filter transform (the weight gradient's output transform).
     fn gt(a: [f32; N]) -> [f32; R];
     /// `A·a`: the adjoint of the output transform (the weight gradient's transform of `dY`).
-    fn a(a: [f32; 2]) -> [f32; N];
+    fn a<L: Lane>(a: [L; 2]) -> [L; N];
 }
 
 /// F(2×2, 3×3) on the points 0, 1, -1, ∞.
@@ -83,8 +83,8 @@ impl Adjoint<4, 3> for F2x3 {
     }
 
     #[inline(always)]
-    fn a([p, q]: [f32; 2]) -> [f32; 4] {
-        [p, p + q, p - q, -q]
+    fn a<L: Lane>([p, q]: [L; 2]) -> [L; 4] {
+        [p, p + q, p - q, L::ZERO - q]
     }
 }
 
@@ -341,7 +341,7 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
     } else {
         T::TILES
     };
-    Blocked::with::<N, _>(g, (x, mask), |xb| {
+    Blocked::with::<N, _>(&INPUT, g, (x, mask), |xb| {
         let ld = xb.ld();
         let out = SendPtr(y.as_mut_ptr());
         (0..blocks * groups).into_par_iter().for_each(|task| {
@@ -405,87 +405,114 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
 ) {
     let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
     let plane = g.c_in * g.c_out;
-    // N² planes `Mᵀ[ξ]` (c_in, c_out) summed over contiguous runs of tile blocks, one run per
-    // task, then over the runs in order: the sum does not depend on which thread took which
-    // block (a resumed training run repeats the uninterrupted one bit for bit).
-    let blocks = tiles.div_ceil(GRAD_TILES);
-    let runs = blocks.min(2 * rayon::current_num_threads().max(1));
-    let partials: Vec<Vec<f32>> = Blocked::with::<N, _>(g, (x, None), |xb| {
-        let ld = xb.ld();
-        (0..runs)
-            .into_par_iter()
-            .map(|run| {
-                let mut acc = vec![0f32; N * N * plane];
-                for blk in run * blocks / runs..(run + 1) * blocks / runs {
-                    let ts = blk * GRAD_TILES..((blk + 1) * GRAD_TILES).min(tiles);
-                    let nt = ts.len();
-                    let (vs, zs) = (padded(ld * nt), padded(nt * g.c_out));
-                    with_scratch(N * N * (vs + zs), |buf| {
-                        let (v, z) = buf.split_at_mut(N * N * vs);
-                        let tiles = tile_list(g, ts);
-                        transform_input::<N, R, T>(xb, &tiles, v, vs);
-                        transform_grad::<N, R, T>(g, (dy, mask), &tiles, z, zs);
-                        for xi in 0..N * N {
-                            let a = Mat::strided(&v[xi * vs..], nt, g.c_in, ld).t();
-                            let b = Mat::rows(&z[xi * zs..], nt, g.c_out);
-                            matmul(&mut acc[xi * plane..][..plane], a, b, true, false);
-                        }
-                    });
-                }
-                acc
-            })
-            .collect()
-    });
-    let m = partials
-        .into_iter()
-        .reduce(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+    // N² planes `Mᵀ[ξ]` (c_in, c_out) summed over one contiguous run of tiles per thread, in
+    // blocks of up to GRAD_TILES, then over the runs in order: for a given thread count the
+    // sum does not depend on which thread took which run (a resumed training run repeats the
+    // uninterrupted one bit for bit). One run per thread, not more: each run's planes are
+    // summed again at the end (with two per thread that sum took a third of AlexNet conv4's
+    // weight gradient).
+    let runs = rayon::current_num_threads().clamp(1, tiles.div_ceil(GRAD_TILES).max(1));
+    // The output gradient laid out as a 2×2-patch input: the transforms of both sides then
+    // run on vectors of channels.
+    let gy = Geometry {
+        c_in: g.c_out,
+        h: g.oh,
+        w: g.ow,
+        k: 1,
+        padding: 0,
+        stride: 1,
+        ..*g
+    };
+    let partials: Vec<Vec<f32>> = Blocked::with::<N, _>(&INPUT, g, (x, None), |xb| {
+        Blocked::with::<2, _>(&GRAD, &gy, (dy, mask), |gb| {
+            let (ld, ldg) = (xb.ld(), gb.ld());
+            (0..runs)
+                .into_par_iter()
+                .map(|run| {
+                    let mut acc = vec![0f32; N * N * plane];
+                    let (start, end) = (run * tiles / runs, (run + 1) * tiles / runs);
+                    let blocks = (end - start).div_ceil(GRAD_TILES);
+                    for blk in 0..blocks {
+                        let len = end - start;
+                        let ts = start + blk * len / blocks..start + (blk + 1) * len / blocks;
+                        let nt = ts.len();
+                        let (vs, zs) = (padded(ld * nt), padded(nt * ldg));
+                        with_scratch(N * N * (vs + zs), |buf| {
+                            let (v, z) = buf.split_at_mut(N * N * vs);
+                            let tiles = tile_list(g, ts);
+                            transform_input::<N, R, T>(xb, &tiles, v, vs);
+                            transform_grad::<N, R, T>(gb, &tiles, z, zs);
+                            for xi in 0..N * N {
+                                let a = Mat::strided(&v[xi * vs..], nt, g.c_in, ld).t();
+                                let b = Mat::strided(&z[xi * zs..], nt, g.c_out, ldg);
+                                matmul(&mut acc[xi * plane..][..plane], a, b, true, false);
+                            }
+                        });
+                    }
+                    acc
+                })
+                .collect()
         })
-        .unwrap_or_else(|| vec![0f32; N * N * plane]);
-    dw.par_chunks_mut(R * R * g.c_in)
+    });
+    // dW[o, c] = Gᵀ (Σ_runs M[c, o]) G, the runs summed in order. A task takes a few output
+    // channels: for each c it reads a short contiguous stretch of every plane of every run.
+    let (c_in, c_out) = (g.c_in, g.c_out);
+    dw.par_chunks_mut(OUT_CHUNK * R * R * c_in)
         .enumerate()
-        .for_each(|(o, dw)| {
-            for (c, k) in dw.chunks_exact_mut(R * R).enumerate() {
-                let mv = block::<f32, N>(|i, j| m[(N * i + j) * plane + c * g.c_out + o]);
-                for (r, row) in sandwich(T::gt, &mv).iter().enumerate() {
-                    k[R * r..R * r + R].copy_from_slice(row);
+        .for_each(|(chunk, dw)| {
+            let os = chunk * OUT_CHUNK..(chunk * OUT_CHUNK + OUT_CHUNK).min(c_out);
+            let mut sum = vec![[0f32; OUT_CHUNK]; N * N];
+            for c in 0..c_in {
+                for (xi, sum) in sum.iter_mut().enumerate() {
+                    let at = xi * plane + c * c_out + os.start;
+                    sum.fill(0.0);
+                    for p in &partials {
+                        for (s, v) in sum.iter_mut().zip(&p[at..at + os.len()]) {
+                            *s += v;
+                        }
+                    }
+                }
+                for (i, dw) in dw.chunks_exact_mut(R * R * c_in).enumerate() {
+                    let mv = block::<f32, N>(|a, b| sum[N * a + b][i]);
+                    let k = &mut dw[c * R * R..][..R * R];
+                    for (r, row) in sandwich(T::gt, &mv).iter().enumerate() {
+                        k[R * r..R * r + R].copy_from_slice(row);
+                    }
                 }
             }
         });
 }
 
+/// Output channels per task of [`weight_grad`]'s final transform: one cache line of each plane.
+const OUT_CHUNK: usize = 16;
+
 /// `Z[ξ][t][o] = (A dY Aᵀ)[ξ]` for the 2×2 output-gradient block `dY` of channel `o` under each
-/// tile `t` (zero outside the output, and where a `mask` is given and not positive), into `z`:
-/// `N²` row-major `(tiles.len(), c_out)` planes, `plane` values apart.
+/// tile `t`, [`LANES`] channels at a time from the blocked gradient `gb`, into `z`: `N²`
+/// row-major `(tiles.len(), gb.ld())` planes, `plane` values apart.
 fn transform_grad<const N: usize, const R: usize, T: Adjoint<N, R>>(
-    g: &Geometry,
-    (dy, mask): (&[f32], Option<&[f32]>),
+    gb: &Blocked,
     tiles: &[Tile],
     z: &mut [f32],
     plane: usize,
 ) {
-    let (oh, ow) = (g.oh, g.ow);
-    for (col, tile) in tiles.iter().enumerate() {
-        let (rows, cols) = ((oh - tile.oy).min(2), (ow - tile.ox).min(2));
-        for o in 0..g.c_out {
-            let start = (tile.img * g.c_out + o) * oh * ow + tile.oy * ow + tile.ox;
-            let mut d = [[0f32; 2]; 2];
-            for (r, row) in d.iter_mut().enumerate().take(rows) {
-                for (s, val) in row.iter_mut().enumerate().take(cols) {
-                    let at = start + r * ow + s;
-                    if mask.is_none_or(|m| m[at] > 0.0) {
-                        *val = dy[at];
-                    }
-                }
-            }
-            for (i, row) in sandwich(T::a, &d).iter().enumerate() {
-                for (j, &val) in row.iter().enumerate() {
-                    z[(N * i + j) * plane + col * g.c_out + o] = val;
-                }
-            }
-        }
-    }
+    with_lanes!(transform_grad_with::<N, R, T>(gb, tiles, z, plane))
+}
+
+/// [`transform_grad`] on `L::WIDTH` channels at a time.
+#[inline(always)]
+fn transform_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>, L: Lane>(
+    gb: &Blocked,
+    tiles: &[Tile],
+    z: &mut [f32],
+    plane: usize,
+) {
+    transform_patches::<2, N, L>(
+        gb,
+        tiles,
+        #[inline(always)]
+        |a| T::a(a),
+        (z, plane),
+    )
 }
 
 /// Where a tile lies: its 2×2 output block, and its `N×N` input patch at the same offset in
@@ -513,10 +540,17 @@ fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
     .collect()
 }
 
-/// The input of a convolution laid out for [`transform_input`]: per image, blocks of
-/// [`LANES`] channels, each an `(hp, wp, LANES)` array of the channels' zero-padded planes
-/// (channel fastest, so that the same pixel of a block's channels is one vector), zero outside
-/// the image, in the channels past `c_in`, and where a mask is given and not positive.
+thread_local! {
+    /// The calling thread's [`Blocked`] input, and the weight gradient's blocked output gradient.
+    static INPUT: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
+    static GRAD: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The input of a convolution (or, for the weight gradient, its output gradient) laid out for
+/// [`transform_patches`]: per image, blocks of [`LANES`] channels, each an `(hp, wp, LANES)`
+/// array of the channels' zero-padded planes (channel fastest, so that the same pixel of a
+/// block's channels is one vector), zero outside the image, in the channels past `c_in`, and
+/// where a mask is given and not positive.
 struct Blocked<'a> {
     data: &'a [f32],
     /// Channel blocks per image.
@@ -531,13 +565,11 @@ impl Blocked<'_> {
     /// a buffer the calling thread keeps between calls (with a fresh, zeroed one per call
     /// cifar-cnn inferred 6-9% slower on a 2-vCPU Xeon, 2026-12-03).
     fn with<const N: usize, O>(
+        key: &'static std::thread::LocalKey<KeptBuffer>,
         g: &Geometry,
         (x, mask): (&[f32], Option<&[f32]>),
         f: impl FnOnce(&Blocked) -> O,
     ) -> O {
-        thread_local! {
-            static BUF: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let blocks = g.c_in.div_ceil(LANES);
         // The last tile's patch ends N - 2 past its 2×2 output block.
         let (hp, wp) = (2 * g.oh.div_ceil(2) + N - 2, 2 * g.ow.div_ceil(2) + N - 2);
@@ -590,7 +622,7 @@ impl Blocked<'_> {
                 wp,
             })
         };
-        with_kept(&BUF, len, blocked)
+        with_kept(key, len, blocked)
     }
 
     /// Values per row of the transformed-input planes: the channels rounded up to blocks.
@@ -619,22 +651,36 @@ fn transform_input_with<const N: usize, const R: usize, T: Algo<N, R>, L: Lane>(
     v: &mut [f32],
     plane: usize,
 ) {
+    transform_patches::<N, N, L>(
+        xb,
+        tiles,
+        #[inline(always)]
+        |a| T::bt(a),
+        (v, plane),
+    )
+}
+
+/// `F d Fᵀ` for the `P×P` patch `d` of every channel of `xb` under each tile, `F` the `N×P`
+/// matrix of `f`, `L::WIDTH` channels at a time, into `out`: `N²` row-major `(tiles.len(),
+/// xb.ld())` planes, `plane` values apart.
+#[inline(always)]
+fn transform_patches<const P: usize, const N: usize, L: Lane>(
+    xb: &Blocked,
+    tiles: &[Tile],
+    f: impl Fn([L; P]) -> [L; N] + Copy,
+    (out, plane): (&mut [f32], usize),
+) {
     let (ld, row) = (xb.ld(), xb.wp * LANES);
     for (col, tile) in tiles.iter().enumerate() {
         for cb in 0..xb.blocks {
             let at = ((tile.img * xb.blocks + cb) * xb.hp + tile.oy) * row + tile.ox * LANES;
-            let src = &xb.data[at..][..(N - 1) * (row + LANES) + LANES];
+            let src = &xb.data[at..][..(P - 1) * (row + LANES) + LANES];
             let dst = col * ld + cb * LANES;
             for l in (0..LANES).step_by(L::WIDTH) {
-                let d = block::<L, N>(|r, s| L::load(&src[r * row + s * LANES + l..]));
-                let e = sandwich(
-                    #[inline(always)]
-                    |a| T::bt(a),
-                    &d,
-                );
-                for (i, e) in e.iter().enumerate() {
+                let d = block::<L, P>(|r, s| L::load(&src[r * row + s * LANES + l..]));
+                for (i, e) in sandwich(f, &d).iter().enumerate() {
                     for (j, e) in e.iter().enumerate() {
-                        e.store(&mut v[(N * i + j) * plane + dst + l..]);
+                        e.store(&mut out[(N * i + j) * plane + dst + l..]);
                     }
                 }
             }
