@@ -1,7 +1,8 @@
 """PyTorch peer of `circulant-model/examples/conv_layers.rs`: CPU time of the five
 convolutions (each followed by a ReLU) of AlexNet (and its first max pool), cifar-cnn or
 mnist-cnn, eval mode, no autograd. With `--train`, each call is the forward pass and the backward
-pass of the sum of the outputs (input, weight and bias gradients) instead.
+pass of the sum of the outputs (input, weight and bias gradients; no input gradient for the
+first layer, whose input is the images) instead.
 
 Prints one line per layer with the fastest of 100 calls after 5 warm-up calls (the fastest
 call is the figure least disturbed by other work on a shared machine).
@@ -63,11 +64,12 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     total = 0.0
-    for name, ci, co, k, s, pad, side in LAYERS[a.net]:
+    for i, (name, ci, co, k, s, pad, side) in enumerate(LAYERS[a.net]):
         conv = nn.Conv2d(ci, co, k, s, pad)
         x = torch.randn(a.batch, ci, side, side)
         if a.train:
-            x.requires_grad_(True)
+            # the first layer reads the images: no input gradient, as in the network
+            x.requires_grad_(i > 0)
 
             def step():
                 # fresh gradients each call, as a training step after `zero_grad()`

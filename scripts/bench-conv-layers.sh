@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Convolution layers alone, ours (circulant-model/examples/conv_layers.rs) vs PyTorch
 # (bench/torch_conv_layers.py): AlexNet's five convolutions and first max pool at batch 1 and 32,
-# cifar-cnn's five convolutions at batch 128, each followed by a ReLU, no autograd; the fastest of
-# 100 calls after 5 warm-up calls. Two runs per side, alternating; the raw output goes to
-# docs/bench/conv-layers-<date>-cpu.txt (read by scripts/docs-tables.py).
+# cifar-cnn's five convolutions at batch 128, each followed by a ReLU, no autograd; then AlexNet's
+# at batch 32 forward + backward ("train"); the fastest of 100 calls after 5 warm-up calls. Ours
+# run with the allocator settings of the `trainer` binary. Two runs per side, alternating; the
+# raw output goes to docs/bench/conv-layers-<date>-cpu.txt (read by scripts/docs-tables.py).
 #
 # usage: scripts/bench-conv-layers.sh [--python PATH] [--threads T] [--out FILE]
 #
@@ -39,16 +40,19 @@ OURS=target/release/examples/conv_layers
     echo "# $(date -u '+%F %H:%M') UTC; $(lscpu | grep -m1 'Model name' | tr -s ' '), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ') model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | tr -d ' '), $THREADS threads; ours at $(git rev-parse --short HEAD); PyTorch $("$PY" -c 'import torch; print(torch.__version__)')"
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$OUT"
-for case in alexnet:1 alexnet:32 cifar:128; do
-    net=${case%%:*} batch=${case##*:}
+# The trainer's malloc settings (trainer/src/runtime.rs): large outputs reuse freed heap memory
+# instead of fresh, page-faulting mappings.
+MALLOC="MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456"
+for case in alexnet:1 alexnet:32 cifar:128 alexnet:32:train; do
+    IFS=: read -r net batch mode <<< "$case"
     for run in 1 2; do
-        ours="RAYON_NUM_THREADS=$THREADS $OURS $batch $net"
-        torch="$PY bench/torch_conv_layers.py --batch $batch --threads $THREADS --net $net"
+        ours="$MALLOC RAYON_NUM_THREADS=$THREADS $OURS $batch $net ${mode:-}"
+        torch="$PY bench/torch_conv_layers.py --batch $batch --threads $THREADS --net $net${mode:+ --train}"
         order=("ours" "PyTorch")
         [[ $run == 2 ]] && order=("PyTorch" "ours")
         for who in "${order[@]}"; do
             cmd=$([[ $who == ours ]] && echo "$ours" || echo "$torch")
-            echo "## $net batch $batch, run $run: $who ($cmd)" | tee -a "$OUT"
+            echo "## $net batch $batch${mode:+ $mode}, run $run: $who ($cmd)" | tee -a "$OUT"
             env $cmd | tee -a "$OUT"
         done
     done

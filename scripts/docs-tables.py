@@ -626,9 +626,9 @@ def t_conv_layers(ctx: Ctx) -> str:
     best: dict[tuple[str, int, str, str], float] = {}
     case = None
     for line in text.splitlines():
-        m = re.match(r"^## (\w+) batch (\d+), run \d+: (ours|PyTorch)", line)
+        m = re.match(r"^## (\w+) batch (\d+)( train)?, run \d+: (ours|PyTorch)", line)
         if m:
-            case = (m[1], int(m[2]), m[3])
+            case = (m[1] + (" (train)" if m[3] else ""), int(m[2]), m[4])
             continue
         m = re.match(r"^(conv\d|pool1)(?: b\d+)? ([0-9.]+) ms$", line)
         if m and case:

@@ -2,8 +2,11 @@
 //! cifar-cnn or mnist-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same
 //! layers, same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed
 //! by other work on the machine). With `train`, each call is the forward pass and the backward
-//! pass of the sum of the outputs (input, weight and bias gradients) instead. `LAYER=conv2`
-//! (say) times that layer alone.
+//! pass of the sum of the outputs (input, weight and bias gradients; no input gradient for the
+//! first layer, whose input is the images) instead. `LAYER=conv2` (say) times that layer alone.
+//! Run it with the allocator settings the `trainer` binary applies (`MALLOC_MMAP_THRESHOLD_=
+//! 33554432 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456`): without them every
+//! large output is a fresh mapping, and its page faults cost AlexNet's conv1 a third of its time.
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar|mnist] [train]
@@ -61,7 +64,7 @@ fn main() -> Result<()> {
         other => return Err(format!("unknown network {other:?}: alexnet, cifar or mnist").into()),
     };
     let mut total = 0.0;
-    for &(name, ci, co, k, s, p, h) in layers {
+    for (i, &(name, ci, co, k, s, p, h)) in layers.iter().enumerate() {
         if std::env::var("LAYER").is_ok_and(|only| only != name) {
             continue;
         }
@@ -69,13 +72,12 @@ fn main() -> Result<()> {
         let b = Var::from_tensor(&Tensor::zeros(co, DType::F32, &dev)?)?;
         let conv = Conv2dLayer::new(w, b, p, s)?;
         let x = Tensor::randn(0f32, 1.0, (n, ci, h, h), &dev)?;
+        // The first layer reads the images: no input gradient, as in the network.
         let xv = Var::from_tensor(&x)?;
+        let input = if i == 0 { &x } else { xv.as_tensor() };
         let ms = fastest_ms(|| {
             if train {
-                conv.forward(xv.as_tensor())?
-                    .relu()?
-                    .sum_all()?
-                    .backward()?;
+                conv.forward(input)?.relu()?.sum_all()?.backward()?;
             } else {
                 conv.forward(&x)?.relu()?;
             }
