@@ -430,10 +430,10 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
                 .into_par_iter()
                 .map(|run| {
                     let mut acc = vec![0f32; N * N * plane];
-                    let (start, end) = (run * tiles / runs, (run + 1) * tiles / runs);
-                    let blocks = (end - start).div_ceil(GRAD_TILES);
+                    let start = run * tiles / runs;
+                    let len = (run + 1) * tiles / runs - start;
+                    let blocks = len.div_ceil(GRAD_TILES);
                     for blk in 0..blocks {
-                        let len = end - start;
                         let ts = start + blk * len / blocks..start + (blk + 1) * len / blocks;
                         let nt = ts.len();
                         let (vs, zs) = (padded(ld * nt), padded(nt * ldg));
