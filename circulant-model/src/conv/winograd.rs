@@ -495,24 +495,13 @@ fn transform_grad<const N: usize, const R: usize, T: Adjoint<N, R>>(
     z: &mut [f32],
     plane: usize,
 ) {
-    with_lanes!(transform_grad_with::<N, R, T>(gb, tiles, z, plane))
-}
-
-/// [`transform_grad`] on `L::WIDTH` channels at a time.
-#[inline(always)]
-fn transform_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>, L: Lane>(
-    gb: &Blocked,
-    tiles: &[Tile],
-    z: &mut [f32],
-    plane: usize,
-) {
-    transform_patches::<2, N, L>(
+    with_lanes!(transform_patches::<2, N>(
         gb,
         tiles,
         #[inline(always)]
         |a| T::a(a),
-        (z, plane),
-    )
+        (z, plane)
+    ))
 }
 
 /// Where a tile lies: its 2×2 output block, and its `N×N` input patch at the same offset in
@@ -640,24 +629,13 @@ fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
     v: &mut [f32],
     plane: usize,
 ) {
-    with_lanes!(transform_input_with::<N, R, T>(xb, tiles, v, plane))
-}
-
-/// [`transform_input`] on `L::WIDTH` channels at a time.
-#[inline(always)]
-fn transform_input_with<const N: usize, const R: usize, T: Algo<N, R>, L: Lane>(
-    xb: &Blocked,
-    tiles: &[Tile],
-    v: &mut [f32],
-    plane: usize,
-) {
-    transform_patches::<N, N, L>(
+    with_lanes!(transform_patches::<N, N>(
         xb,
         tiles,
         #[inline(always)]
         |a| T::bt(a),
-        (v, plane),
-    )
+        (v, plane)
+    ))
 }
 
 /// `F d Fᵀ` for the `P×P` patch `d` of every channel of `xb` under each tile, `F` the `N×P`
