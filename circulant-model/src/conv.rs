@@ -135,8 +135,8 @@ impl Conv2dLayer {
 /// output rows) task (see [`Geometry::blocks`]), the block's columns of the `(c_in·k·k, L)`
 /// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. 3×3
 /// and 5×5, stride-1 convolutions with enough channels and output pixels take Winograd's
-/// F(2×2, 3×3) or F(2×2, 5×5) instead (see `winograd`): 16 multiply-adds per 2×2 outputs and
-/// channel pair, not 36, or 36, not 100. The backward pass recomputes the patch matrix, takes
+/// F(4×4, 3×3) or F(2×2, 5×5) instead (see `winograd`): 36 multiply-adds per 4×4 outputs and
+/// channel pair, not 144, or per 2×2 outputs, not 100. The backward pass recomputes the patch matrix, takes
 /// `dW += G·colsᵀ` and `dcols = Wᵀ·G` per image and scatters `dcols` back onto the input
 /// gradient; its images are split over rayon's threads (or, for fewer images than threads, the
 /// products are). With `relu` the op returns `relu(conv2d(x, w) + b)`.
@@ -392,8 +392,9 @@ impl CustomOp3 for Conv2dOp {
         }
         let mut y = vec![0f32; g.n * g.out_len()];
         if winograd::applies(&g) {
-            let u = winograd::filters(&g, w);
-            winograd::forward(&g, (x, None), &u, bias, self.relu, &mut y);
+            winograd::with_filters(&g, w, false, |u| {
+                winograd::forward(&g, (x, None), u, bias, self.relu, &mut y)
+            });
             return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
         }
         let (l, ckk, blocks) = (g.l(), g.ckk(), g.blocks());
@@ -507,8 +508,9 @@ impl CustomOp3 for Conv2dBackward {
             .input_grad
             .then(|| winograd::input_grad_geometry(&g))
             .flatten();
-        // The weight gradient as Winograd F(2×2, 3×3) where the forward pass runs that way (and
-        // the input gradient needs no per-image patch matrix), or per image from im2col.
+        // The 3×3 weight gradient as Winograd F(2×2, 3×3) where the forward pass runs as
+        // Winograd (and the input gradient needs no per-image patch matrix), or per image from
+        // im2col.
         if winograd::weight_grad_applies(&g) && (!self.input_grad || dx_winograd.is_some()) {
             let (dw, db) = dwb.split_at_mut(wn);
             winograd::weight_grad(&g, x, (dy, relu_y), dw);
@@ -518,9 +520,10 @@ impl CustomOp3 for Conv2dBackward {
             g.im2col_grads((x, w), (dy, relu_y), dwb, dx);
         }
         if let Some(t) = dx_winograd {
-            let u = winograd::filters(&t, &winograd::flipped(&g, w));
             let zero_bias = vec![0f32; g.c_in];
-            winograd::forward(&t, (dy, relu_y), &u, &zero_bias, false, dx);
+            winograd::with_filters(&t, w, true, |u| {
+                winograd::forward(&t, (dy, relu_y), u, &zero_bias, false, dx)
+            });
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), len.into()))
@@ -871,7 +874,7 @@ mod tests {
             (3, 8, 3, 45, 41, 5, 1, 2),
             (1, 4, 6, 8, 8, 5, 4, 3),
             (7, 1, 2, 4, 4, 1, 0, 1),
-            // 3×3, stride 1, c_in and c_out >= 16, >= 512 tiles of 2×2 outputs: the Winograd
+            // 3×3, stride 1, c_in and c_out >= 16, >= 1024 output pixels: the Winograd
             // forward and input gradient, on odd and even sizes with paddings 0-2; with
             // c_out < 16, im2col.
             (2, 16, 5, 32, 31, 3, 1, 1),

@@ -1,25 +1,26 @@
-//! The forward pass of a stride-1 convolution with a 3×3 or 5×5 kernel as Winograd's minimal
-//! filtering F(2×2, 3×3) or F(2×2, 5×5) (Lavin & Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", CVPR 2016).
+//! Stride-1 convolutions with a 3×3 or 5×5 kernel as Winograd's minimal filtering F(4×4, 3×3)
+//! or F(2×2, 5×5) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR
+//! 2016).
 //!
-//! Each 2×2 block of output pixels (a *tile*) is computed from the `N×N` input patch under it
-//! (`N = k + 1`): `Y = Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`. The sum over input channels is, for
-//! each of the `N²` positions ξ of the transformed patch, a product of the `(c_out, c_in)`
-//! matrix of transformed filters `U[ξ]` with the `(c_in, tiles)` matrix of transformed patches
-//! `V[ξ]`: `N²` multiply-adds per tile and channel pair instead of im2col's `4·k²` (16 instead
-//! of 36 for 3×3 kernels, 36 instead of 100 for 5×5). The transforms are small constant
-//! matrices, written out per algorithm as additions and a few multiplications ([`Algo`]).
+//! Each `M×M` block of output pixels (a *tile*) is computed from the `N×N` input patch under
+//! it (`N = M + k - 1`): `Y = Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`. The sum over input channels
+//! is, for each of the `N²` positions ξ of the transformed patch, a product of the `(c_out,
+//! c_in)` matrix of transformed filters `U[ξ]` with the `(c_in, tiles)` matrix of transformed
+//! patches `V[ξ]`: `N²` multiply-adds per tile and channel pair instead of im2col's `M²·k²`
+//! (36 instead of 144 for F(4×4, 3×3), 36 instead of 100 for F(2×2, 5×5)). The transforms
+//! are small constant matrices, written out per algorithm as additions and a few
+//! multiplications ([`Algo`]).
 //!
 //! Work is split into tasks of [`Algo::TILES`] consecutive tiles (across images), each
 //! transforming its patches into a thread-owned scratch buffer, running its `N²` products and
 //! writing its output pixels; with fewer than two blocks of tiles per thread the output
-//! channels are split too. The input and output transforms run on vectors of channels or
-//! tiles ([`super::lanes`]): the input is first copied into a padded layout with 16 channels
-//! side by side ([`Blocked`]), so that each entry of 16 patches is one load.
+//! channels are split too. The filter, input and output transforms run on vectors of
+//! channels or tiles ([`super::lanes`]): the input is first copied into a padded layout with
+//! 16 channels side by side ([`Blocked`]), so that each entry of 16 patches is one load.
 //!
 //! The backward pass runs the same way: the input gradient is a Winograd convolution of the
 //! output gradient with the flipped filters ([`input_grad_geometry`]), and the weight gradient
-//! is the algorithm's adjoint in `g` ([`weight_grad`]).
+//! of a 3×3 kernel is F(2×2, 3×3)'s adjoint in `g` ([`weight_grad`]).
 
 use rayon::prelude::*;
 
@@ -27,31 +28,33 @@ use super::lanes::{with_lanes, Lane, LANES};
 use super::Geometry;
 use crate::cpu::{gemm_block, matmul, with_kept, with_scratch, KeptBuffer, Mat, SendPtr};
 
-/// One Winograd algorithm F(2×2, R×R): its `N×N` input patches (`N = R + 1`) and the 1-d
-/// transforms it applies to the columns, then the rows, of each block.
-pub(super) trait Algo<const N: usize, const R: usize> {
+/// One Winograd algorithm F(M×M, R×R): its `M×M` output tiles, `N×N` input patches (`N = M +
+/// R - 1`) and the 1-d transforms it applies to the columns, then the rows, of each block.
+pub(super) trait Algo<const M: usize, const N: usize, const R: usize> {
     /// Tiles per task of the forward pass.
     const TILES: usize;
     /// `Bᵀ·a`: the input transform.
     fn bt<L: Lane>(a: [L; N]) -> [L; N];
     /// `G·a`: the filter transform.
-    fn g(a: [f32; R]) -> [f32; N];
+    fn g<L: Lane>(a: [L; R]) -> [L; N];
     /// `Aᵀ·a`: the output transform.
-    fn at<L: Lane>(a: [L; N]) -> [L; 2];
+    fn at<L: Lane>(a: [L; N]) -> [L; M];
 }
 
 /// The adjoint transforms of an [`Algo`], which its weight gradient runs on.
-pub(super) trait Adjoint<const N: usize, const R: usize>: Algo<N, R> {
+pub(super) trait Adjoint<const M: usize, const N: usize, const R: usize>:
+    Algo<M, N, R>
+{
     /// `Gᵀ·a`: the adjoint of the filter transform (the weight gradient's output transform).
     fn gt(a: [f32; N]) -> [f32; R];
     /// `A·a`: the adjoint of the output transform (the weight gradient's transform of `dY`).
-    fn a<L: Lane>(a: [L; 2]) -> [L; N];
+    fn a<L: Lane>(a: [L; M]) -> [L; N];
 }
 
-/// F(2×2, 3×3) on the points 0, 1, -1, ∞.
+/// F(2×2, 3×3) on the points 0, 1, -1, ∞: the 3×3 weight gradient.
 pub(super) struct F2x3;
 
-impl Algo<4, 3> for F2x3 {
+impl Algo<2, 4, 3> for F2x3 {
     /// On the AlexNet and cifar-cnn 3×3 convolutions, 32 to 256 ran within the machine's noise
     /// of each other (2-vCPU AMD EPYC, 2026-11-30).
     const TILES: usize = 64;
@@ -64,8 +67,8 @@ impl Algo<4, 3> for F2x3 {
 
     /// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
     #[inline(always)]
-    fn g([a, b, c]: [f32; 3]) -> [f32; 4] {
-        [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+    fn g<L: Lane>([a, b, c]: [L; 3]) -> [L; 4] {
+        [a, (a + b + c) * 0.5, (a - b + c) * 0.5, c]
     }
 
     /// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
@@ -75,7 +78,7 @@ impl Algo<4, 3> for F2x3 {
     }
 }
 
-impl Adjoint<4, 3> for F2x3 {
+impl Adjoint<2, 4, 3> for F2x3 {
     #[inline(always)]
     fn gt(a: [f32; 4]) -> [f32; 3] {
         let (s, d) = (0.5 * (a[1] + a[2]), 0.5 * (a[1] - a[2]));
@@ -88,15 +91,17 @@ impl Adjoint<4, 3> for F2x3 {
     }
 }
 
-/// F(2×2, 5×5) on the points 0, 1, -1, 2, -2, ∞ (the input transform of F(4×4, 3×3)): its
-/// float32 result is within ~2e-6 of the exact one relative to the largest output (F(2×2,
-/// 3×3): ~2e-7). Its adjoint, as a weight gradient, was ~1e-5 off and no faster than im2col's
-/// on AlexNet's conv2 (2-vCPU AMD EPYC Zen 5, 2026-12-02), so 5×5 weight gradients take im2col.
-pub(super) struct F2x5;
+/// F(4×4, 3×3) on the points 0, 1, -1, 2, -2, ∞: 36 multiply-adds per 16 output pixels and
+/// channel pair instead of F(2×2, 3×3)'s 64. Its float32 outputs and input gradients were
+/// within 6e-6 to 1e-5 of the float64 ones relative to the largest (F(2×2, 3×3): 2e-7 to
+/// 5e-7; 64 and 192 input channels). Its adjoint, as a weight gradient, was up to 1.2e-4 off
+/// on values of 0.2 (over the tests' tolerance), so the weight gradient keeps F(2×2, 3×3).
+pub(super) struct F4x3;
 
-impl Algo<6, 5> for F2x5 {
-    /// AlexNet's conv2 forward at batch 32 took 54, 43, 40.5 and 41 ms with 16, 32, 64 and
-    /// 128 (2-vCPU Xeon with AVX-512, 2026-12-03).
+impl Algo<4, 6, 3> for F4x3 {
+    /// AlexNet's conv3, conv4 and conv5 forward at batch 32 took 29/38/25, 22/28/20,
+    /// 18/23/16 and 18/24/17 ms with 16, 32, 64 and 128 (2-vCPU Xeon with AVX-512,
+    /// 2026-12-03; with 32 or fewer the products ran on gemm's narrower kernel).
     const TILES: usize = 64;
 
     /// `Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -115,16 +120,62 @@ impl Algo<6, 5> for F2x5 {
         ]
     }
 
+    /// `G = [[¼, 0, 0], -⅙·[1, 1, 1], -⅙·[1, -1, 1], [1/24, 1/12, ⅙], [1/24, -1/12, ⅙],
+    /// [0, 0, 1]]`.
+    #[inline(always)]
+    fn g<L: Lane>([a, b, c]: [L; 3]) -> [L; 6] {
+        let (even, even2, b12) = (a + c, a * (1.0 / 24.0) + c * (1.0 / 6.0), b * (1.0 / 12.0));
+        [
+            a * 0.25,
+            (even + b) * (-1.0 / 6.0),
+            (even - b) * (-1.0 / 6.0),
+            even2 + b12,
+            even2 - b12,
+            c,
+        ]
+    }
+
+    /// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+    /// [0, 1, -1, 8, -8, 1]]`.
+    #[inline(always)]
+    fn at<L: Lane>(m: [L; 6]) -> [L; 4] {
+        let (s, d) = ((m[1] + m[2], m[3] + m[4]), (m[1] - m[2], m[3] - m[4]));
+        [
+            m[0] + s.0 + s.1,
+            d.0 + d.1 * 2.0,
+            s.0 + s.1 * 4.0,
+            d.0 + d.1 * 8.0 + m[5],
+        ]
+    }
+}
+
+/// F(2×2, 5×5) on the points 0, 1, -1, 2, -2, ∞ (the input transform of [`F4x3`]): its
+/// float32 result is within ~2e-6 of the exact one relative to the largest output (F(2×2,
+/// 3×3): ~2e-7). Its adjoint, as a weight gradient, was ~1e-5 off and no faster than im2col's
+/// on AlexNet's conv2 (2-vCPU AMD EPYC Zen 5, 2026-12-02), so 5×5 weight gradients take im2col.
+pub(super) struct F2x5;
+
+impl Algo<2, 6, 5> for F2x5 {
+    /// AlexNet's conv2 forward at batch 32 took 54, 43, 40.5 and 41 ms with 16, 32, 64 and
+    /// 128 (2-vCPU Xeon with AVX-512, 2026-12-03).
+    const TILES: usize = 64;
+
+    #[inline(always)]
+    fn bt<L: Lane>(a: [L; 6]) -> [L; 6] {
+        F4x3::bt(a)
+    }
+
     /// `G = [[¼, 0, 0, 0, 0], -⅙·[1, 1, 1, 1, 1], -⅙·[1, -1, 1, -1, 1],
     /// [1/24, 1/12, ⅙, ⅓, ⅔], [1/24, -1/12, ⅙, -⅓, ⅔], [0, 0, 0, 0, 1]]`.
     #[inline(always)]
-    fn g([a, b, c, d, e]: [f32; 5]) -> [f32; 6] {
+    fn g<L: Lane>([a, b, c, d, e]: [L; 5]) -> [L; 6] {
         let (even, odd) = (a + c + e, b + d);
-        let (even2, odd2) = (a / 24.0 + c / 6.0 + e * (2.0 / 3.0), b / 12.0 + d / 3.0);
+        let even2 = a * (1.0 / 24.0) + c * (1.0 / 6.0) + e * (2.0 / 3.0);
+        let odd2 = b * (1.0 / 12.0) + d * (1.0 / 3.0);
         [
-            a / 4.0,
-            -(even + odd) / 6.0,
-            -(even - odd) / 6.0,
+            a * 0.25,
+            (even + odd) * (-1.0 / 6.0),
+            (even - odd) * (-1.0 / 6.0),
             even2 + odd2,
             even2 - odd2,
             e,
@@ -178,13 +229,13 @@ fn sandwich<L: Lane, const P: usize, const Q: usize>(
     out
 }
 
-/// Runs `$f::<N, R, Algo>($args)` for the algorithm of the geometry's kernel size (3 or 5,
-/// which [`applies`] and [`input_grad_geometry`] guarantee).
+/// Runs `$f::<M, N, R, Algo>($args)` for the forward algorithm of the geometry's kernel size
+/// (3 or 5, which [`applies`] and [`input_grad_geometry`] guarantee).
 macro_rules! by_kernel {
     ($g:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match $g.k {
-            3 => $f::<4, 3, F2x3>($($arg),*),
-            5 => $f::<6, 5, F2x5>($($arg),*),
+            3 => $f::<4, 6, 3, F4x3>($($arg),*),
+            5 => $f::<2, 6, 5, F2x5>($($arg),*),
             k => unreachable!("no Winograd algorithm for {k}×{k} kernels"),
         }
     };
@@ -200,10 +251,19 @@ const MIN_CHANNELS: usize = 16;
 /// Zen 5, 2026-12-02).
 const MIN_SIDE_5X5: usize = 16;
 
-/// Tiles (over the whole batch) below which the im2col path is faster: the filter transform
-/// and `N²` products with few columns then cost more than they save (AlexNet's 3×3
-/// convolutions at batch 1, 49 tiles: 3-4× slower than im2col).
-const MIN_TILES: usize = 512;
+/// Output pixels (over the whole batch) below which the im2col path is faster: the filter
+/// transform and `N²` products with few columns then cost more than they save. 3×3
+/// (F(4×4, 3×3)): AlexNet's conv3 to conv5 (13×13 outputs) ran at im2col's speed at batch 4
+/// to 6 and 15-20% faster at batch 8; cifar-cnn's conv5 (8×8) 7% slower at batch 8 and 25%
+/// faster at 16. 5×5: AlexNet's conv2 (27×27) ran 12% faster than im2col at batch 1. (2-vCPU
+/// Xeon with AVX-512, 2026-12-03.)
+fn min_pixels(k: usize) -> usize {
+    if k == 3 {
+        1024
+    } else {
+        729
+    }
+}
 
 /// Values between the starts of two transformed planes holding `len` values: `len` and one
 /// cache line more, so that the `N²` planes a transform writes or reads together do not start
@@ -214,12 +274,12 @@ fn padded(len: usize) -> usize {
     len + LANES
 }
 
-/// Whether the forward pass of `g` runs as Winograd F(2×2, k×k).
+/// Whether the forward pass of `g` runs as Winograd (F(4×4, 3×3) or F(2×2, 5×5)).
 pub(super) fn applies(g: &Geometry) -> bool {
     (g.k == 3 || (g.k == 5 && g.oh.min(g.ow) >= MIN_SIDE_5X5))
         && g.stride == 1
         && g.c_in.min(g.c_out) >= MIN_CHANNELS
-        && g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2) >= MIN_TILES
+        && g.n * g.oh * g.ow >= min_pixels(g.k)
 }
 
 /// The input gradient of the convolution `g` as a convolution of its output gradient, when that
@@ -245,62 +305,104 @@ pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
     applies(&t).then_some(t)
 }
 
-/// The weight of [`input_grad_geometry`]'s convolution for the weight `w` of `g`:
-/// `w'[c, o] = rot180(w[o, c])`, shaped `(c_in, c_out, k, k)`.
-pub(super) fn flipped(g: &Geometry, w: &[f32]) -> Vec<f32> {
-    let kk = g.k * g.k;
-    let mut out = vec![0f32; w.len()];
-    for (oc, k) in w.chunks_exact(kk).enumerate() {
-        let (o, c) = (oc / g.c_in, oc % g.c_in);
-        let dst = &mut out[(c * g.c_out + o) * kk..][..kk];
-        for (d, v) in dst.iter_mut().zip(k.iter().rev()) {
-            *d = *v;
-        }
-    }
-    out
-}
-
-/// The transformed filters `U[ξ] = G g Gᵀ` of the `(c_out, c_in, k, k)` weight `w` of `g`:
-/// `N²` row-major `(c_out, c_in)` planes, plane `ξ = N·i + j` holding entry `(i, j)` of every
-/// `N×N` `U`.
-pub(super) fn filters(g: &Geometry, w: &[f32]) -> Vec<f32> {
-    by_kernel!(g, filters_with(g, w))
-}
-
-fn filters_with<const N: usize, const R: usize, T: Algo<N, R>>(
+/// `f(u)` with the transformed filters `U[ξ] = G g Gᵀ` of the convolution `g`, in a buffer the
+/// calling thread keeps: `N²` row-major `(c_out, c_in)` planes, plane `ξ = N·i + j` holding
+/// entry `(i, j)` of every `N×N` `U`. The filters `g[o, c]` are those of the `(c_out, c_in, k, k)`
+/// weight `w`, or with `flip` (for [`input_grad_geometry`]'s convolution `g`, `w` then shaped
+/// `(c_in, c_out, k, k)`) `rot180(w[c, o])`.
+pub(super) fn with_filters<O>(
     g: &Geometry,
     w: &[f32],
-) -> Vec<f32> {
-    /// Filters per rayon task.
-    const BLOCK: usize = 1024;
-    let plane = g.c_out * g.c_in;
-    let mut u = vec![0f32; N * N * plane];
-    // Task b writes entries b·BLOCK.. of each of the N² planes.
-    let mut planes: Vec<_> = u.chunks_mut(plane).map(|p| p.chunks_mut(BLOCK)).collect();
-    let blocks: Vec<Vec<&mut [f32]>> = (0..plane.div_ceil(BLOCK))
+    flip: bool,
+    f: impl FnOnce(&[f32]) -> O,
+) -> O {
+    let n = by_kernel!(g, patch_side());
+    with_kept(&FILTERS, n * n * g.c_out * g.c_in, |u| {
+        by_kernel!(g, fill_filters(g, (w, flip), u));
+        f(u)
+    })
+}
+
+/// `N`, the side of the algorithm's input patches.
+fn patch_side<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>>() -> usize {
+    N
+}
+
+/// The transformed filters of [`with_filters`] into `u`.
+fn fill_filters<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>>(
+    g: &Geometry,
+    (w, flip): (&[f32], bool),
+    u: &mut [f32],
+) {
+    /// Output channels per rayon task (AlexNet's filter transforms ran 1.5-2× slower with 16).
+    const ROWS: usize = 4;
+    let (plane, chunk) = (g.c_out * g.c_in, ROWS * g.c_in);
+    // Task b writes rows b·ROWS.. of each of the N² planes.
+    let mut planes: Vec<_> = u.chunks_mut(plane).map(|p| p.chunks_mut(chunk)).collect();
+    let tasks: Vec<Vec<&mut [f32]>> = (0..g.c_out.div_ceil(ROWS))
         .map(|_| {
             planes
                 .iter_mut()
-                .map(|p| p.next().expect("one chunk per block"))
+                .map(|p| p.next().expect("one chunk per task"))
                 .collect()
         })
         .collect();
-    blocks
-        .into_par_iter()
-        .zip(w.par_chunks(R * R * BLOCK))
-        .for_each(|(dst, w)| {
-            // The block's N×N filters one after the other, then scattered plane by plane.
-            let block: Vec<[[f32; N]; N]> = w
-                .chunks_exact(R * R)
-                .map(|k| sandwich(T::g, &block::<f32, R>(|r, s| k[R * r + s])))
-                .collect();
-            for (xi, plane) in dst.into_iter().enumerate() {
-                for (d, u) in plane.iter_mut().zip(&block) {
-                    *d = u[xi / N][xi % N];
+    tasks.into_par_iter().enumerate().for_each(|(b, mut dst)| {
+        with_lanes!(transform_filters::<M, N, R, T>(
+            g,
+            (w, flip),
+            b * ROWS,
+            &mut dst
+        ))
+    });
+}
+
+/// The transformed filters of the output channels `o0..` into the chunks `dst` of the `N²`
+/// planes (whole rows), [`LANES`] input channels side by side, `L::WIDTH` at a time.
+#[inline(always)]
+fn transform_filters<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>, L: Lane>(
+    g: &Geometry,
+    (w, flip): (&[f32], bool),
+    o0: usize,
+    dst: &mut [&mut [f32]],
+) {
+    let (rows, kk) = (dst[0].len() / g.c_in, R * R);
+    for c0 in (0..g.c_in).step_by(LANES) {
+        let n = LANES.min(g.c_in - c0);
+        for r in 0..rows {
+            // Entry (y, x) of the filter of pair (o0 + r, c0 + i) at k[y][x][i].
+            let mut k = [[[0f32; LANES]; R]; R];
+            for (i, c) in (c0..c0 + n).enumerate() {
+                let o = o0 + r;
+                let src = if flip {
+                    &w[(c * g.c_out + o) * kk..][..kk]
+                } else {
+                    &w[(o * g.c_in + c) * kk..][..kk]
+                };
+                for (e, &v) in src.iter().enumerate() {
+                    let e = if flip { kk - 1 - e } else { e };
+                    k[e / R][e % R][i] = v;
                 }
             }
-        });
-    u
+            let mut out = [[[0f32; LANES]; N]; N];
+            for l in (0..LANES).step_by(L::WIDTH) {
+                let u = sandwich(
+                    #[inline(always)]
+                    |a| T::g(a),
+                    &block::<L, R>(|y, x| L::load(&k[y][x][l..])),
+                );
+                for (u, out) in u.iter().zip(&mut out) {
+                    for (u, out) in u.iter().zip(out) {
+                        u.store(&mut out[l..]);
+                    }
+                }
+            }
+            let at = r * g.c_in + c0;
+            for (xi, d) in dst.iter_mut().enumerate() {
+                d[at..at + n].copy_from_slice(&out[xi / N][xi % N][..n]);
+            }
+        }
+    }
 }
 
 /// `relu?(conv2d(x, w) + bias)` into `y` (`(n, c_out, oh, ow)`, every value written), with
@@ -317,7 +419,7 @@ pub(super) fn forward(
     by_kernel!(g, forward_with(g, (x, mask), u, bias, relu, y))
 }
 
-fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
+fn forward_with<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>>(
     g: &Geometry,
     (x, mask): (&[f32], Option<&[f32]>),
     u: &[f32],
@@ -325,8 +427,7 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
     relu: bool,
     y: &mut [f32],
 ) {
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let tiles = g.n * th * tw;
+    let tiles = g.n * g.oh.div_ceil(M) * g.ow.div_ceil(M);
     let threads = rayon::current_num_threads().max(1);
     let blocks = tiles.div_ceil(T::TILES);
     // With fewer tile blocks than about two per thread, split the output channels as well.
@@ -341,7 +442,7 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
     } else {
         T::TILES
     };
-    Blocked::with::<N, _>(&INPUT, g, (x, mask), |xb| {
+    Blocked::with::<M, N, _>(&INPUT, g, (x, mask), |xb| {
         let ld = xb.ld();
         let out = SendPtr(y.as_mut_ptr());
         (0..blocks * groups).into_par_iter().for_each(|task| {
@@ -355,8 +456,8 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
             let (vs, ms) = (padded(ld * nt), padded(no * nt));
             with_scratch(N * N * (vs + ms), |buf| {
                 let (v, m) = buf.split_at_mut(N * N * vs);
-                let tiles = tile_list(g, ts);
-                transform_input::<N, R, T>(xb, &tiles, v, vs);
+                let tiles = tile_list::<M>(g, ts);
+                transform_input::<M, N, R, T>(xb, &tiles, v, vs);
                 let plane = g.c_out * g.c_in;
                 for xi in 0..N * N {
                     let a = Mat::rows(&u[xi * plane + os.start * g.c_in..], no, g.c_in);
@@ -365,7 +466,9 @@ fn forward_with<const N: usize, const R: usize, T: Algo<N, R>>(
                     unsafe { gemm_block(SendPtr(m[xi * ms..].as_mut_ptr()), nt, a, b, false) };
                 }
                 // SAFETY: this task alone writes the pixels of tiles `ts` in channels `os`.
-                unsafe { transform_output::<N, R, T>(g, (m, ms), &tiles, os, (bias, relu), out) };
+                unsafe {
+                    transform_output::<M, N, R, T>(g, (m, ms), &tiles, os, (bias, relu), out)
+                };
             })
         });
     })
@@ -387,7 +490,7 @@ pub(super) fn weight_grad(
     dw: &mut [f32],
 ) {
     match g.k {
-        3 => weight_grad_with::<4, 3, F2x3>(g, x, (dy, mask), dw),
+        3 => weight_grad_with::<2, 4, 3, F2x3>(g, x, (dy, mask), dw),
         k => unreachable!("no Winograd weight gradient for {k}×{k} kernels"),
     }
 }
@@ -397,13 +500,13 @@ pub(super) fn weight_grad_applies(g: &Geometry) -> bool {
     g.k == 3 && applies(g)
 }
 
-fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
+fn weight_grad_with<const M: usize, const N: usize, const R: usize, T: Adjoint<M, N, R>>(
     g: &Geometry,
     x: &[f32],
     (dy, mask): (&[f32], Option<&[f32]>),
     dw: &mut [f32],
 ) {
-    let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+    let tiles = g.n * g.oh.div_ceil(M) * g.ow.div_ceil(M);
     let plane = g.c_in * g.c_out;
     // N² planes `Mᵀ[ξ]` (c_in, c_out) summed over one contiguous run of tiles per thread, in
     // blocks of up to GRAD_TILES, then over the runs in order: for a given thread count the
@@ -412,7 +515,7 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
     // summed again at the end (with two per thread that sum took a third of AlexNet conv4's
     // weight gradient).
     let runs = rayon::current_num_threads().clamp(1, tiles.div_ceil(GRAD_TILES).max(1));
-    // The output gradient laid out as a 2×2-patch input: the transforms of both sides then
+    // The output gradient laid out as an M×M-patch input: the transforms of both sides then
     // run on vectors of channels.
     let gy = Geometry {
         c_in: g.c_out,
@@ -423,8 +526,8 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
         stride: 1,
         ..*g
     };
-    let partials: Vec<Vec<f32>> = Blocked::with::<N, _>(&INPUT, g, (x, None), |xb| {
-        Blocked::with::<2, _>(&GRAD, &gy, (dy, mask), |gb| {
+    let partials: Vec<Vec<f32>> = Blocked::with::<M, N, _>(&INPUT, g, (x, None), |xb| {
+        Blocked::with::<M, M, _>(&GRAD, &gy, (dy, mask), |gb| {
             let (ld, ldg) = (xb.ld(), gb.ld());
             (0..runs)
                 .into_par_iter()
@@ -439,9 +542,9 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
                         let (vs, zs) = (padded(ld * nt), padded(nt * ldg));
                         with_scratch(N * N * (vs + zs), |buf| {
                             let (v, z) = buf.split_at_mut(N * N * vs);
-                            let tiles = tile_list(g, ts);
-                            transform_input::<N, R, T>(xb, &tiles, v, vs);
-                            transform_grad::<N, R, T>(gb, &tiles, z, zs);
+                            let tiles = tile_list::<M>(g, ts);
+                            transform_input::<M, N, R, T>(xb, &tiles, v, vs);
+                            transform_grad::<M, N, R, T>(gb, &tiles, z, zs);
                             for xi in 0..N * N {
                                 let a = Mat::strided(&v[xi * vs..], nt, g.c_in, ld).t();
                                 let b = Mat::strided(&z[xi * zs..], nt, g.c_out, ldg);
@@ -486,16 +589,16 @@ fn weight_grad_with<const N: usize, const R: usize, T: Adjoint<N, R>>(
 /// Output channels per task of [`weight_grad`]'s final transform: one cache line of each plane.
 const OUT_CHUNK: usize = 16;
 
-/// `Z[ξ][t][o] = (A dY Aᵀ)[ξ]` for the 2×2 output-gradient block `dY` of channel `o` under each
+/// `Z[ξ][t][o] = (A dY Aᵀ)[ξ]` for the M×M output-gradient block `dY` of channel `o` under each
 /// tile `t`, [`LANES`] channels at a time from the blocked gradient `gb`, into `z`: `N²`
 /// row-major `(tiles.len(), gb.ld())` planes, `plane` values apart.
-fn transform_grad<const N: usize, const R: usize, T: Adjoint<N, R>>(
+fn transform_grad<const M: usize, const N: usize, const R: usize, T: Adjoint<M, N, R>>(
     gb: &Blocked,
     tiles: &[Tile],
     z: &mut [f32],
     plane: usize,
 ) {
-    with_lanes!(transform_patches::<2, N>(
+    with_lanes!(transform_patches::<M, N>(
         gb,
         tiles,
         #[inline(always)]
@@ -504,7 +607,7 @@ fn transform_grad<const N: usize, const R: usize, T: Adjoint<N, R>>(
     ))
 }
 
-/// Where a tile lies: its 2×2 output block, and its `N×N` input patch at the same offset in
+/// Where a tile lies: its `M×M` output block, and its `N×N` input patch at the same offset in
 /// the padded input of [`Blocked`].
 #[derive(Clone, Copy)]
 struct Tile {
@@ -515,15 +618,15 @@ struct Tile {
     ox: usize,
 }
 
-/// The tiles `ts` (numbered image by image, row by row) of `g`.
-fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+/// The `M×M` tiles `ts` (numbered image by image, row by row) of `g`.
+fn tile_list<const M: usize>(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
+    let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
     ts.map(|t| {
         let (img, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
         Tile {
             img,
-            oy: 2 * ty,
-            ox: 2 * tx,
+            oy: M * ty,
+            ox: M * tx,
         }
     })
     .collect()
@@ -532,6 +635,8 @@ fn tile_list(g: &Geometry, ts: std::ops::Range<usize>) -> Vec<Tile> {
 thread_local! {
     /// The calling thread's [`Blocked`] input, and the weight gradient's blocked output gradient.
     static INPUT: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's transformed filters ([`with_filters`]).
+    static FILTERS: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
     static GRAD: KeptBuffer = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -553,15 +658,15 @@ impl Blocked<'_> {
     /// `f(blocked)` for the input of `g` (read as 0 where `mask` is not positive), laid out in
     /// a buffer the calling thread keeps between calls (with a fresh, zeroed one per call
     /// cifar-cnn inferred 6-9% slower on a 2-vCPU Xeon, 2026-12-03).
-    fn with<const N: usize, O>(
+    fn with<const M: usize, const N: usize, O>(
         key: &'static std::thread::LocalKey<KeptBuffer>,
         g: &Geometry,
         (x, mask): (&[f32], Option<&[f32]>),
         f: impl FnOnce(&Blocked) -> O,
     ) -> O {
         let blocks = g.c_in.div_ceil(LANES);
-        // The last tile's patch ends N - 2 past its 2×2 output block.
-        let (hp, wp) = (2 * g.oh.div_ceil(2) + N - 2, 2 * g.ow.div_ceil(2) + N - 2);
+        // The last tile's patch ends N - M past its M×M output block.
+        let (hp, wp) = (M * g.oh.div_ceil(M) + N - M, M * g.ow.div_ceil(M) + N - M);
         let len = g.n * blocks * hp * wp * LANES;
         let fill = |data: &mut [f32]| {
             let (p, hw) = (g.padding, g.h * g.w);
@@ -623,7 +728,7 @@ impl Blocked<'_> {
 /// `V[ξ][t][c] = (Bᵀ d B)[ξ]` for the `N×N` input patch `d` of channel `c` under each tile `t`,
 /// [`LANES`] channels at a time from the blocked input `xb`, into `v`: `N²` row-major
 /// `(tiles.len(), xb.ld())` planes, `plane` values apart.
-fn transform_input<const N: usize, const R: usize, T: Algo<N, R>>(
+fn transform_input<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>>(
     xb: &Blocked,
     tiles: &[Tile],
     v: &mut [f32],
@@ -674,7 +779,7 @@ fn transform_patches<const P: usize, const N: usize, L: Lane>(
 /// # Safety
 /// `out` points at the `(n, c_out, oh, ow)` output, and no other thread writes the pixels of
 /// these tiles and channels.
-unsafe fn transform_output<const N: usize, const R: usize, T: Algo<N, R>>(
+unsafe fn transform_output<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>>(
     g: &Geometry,
     m: (&[f32], usize),
     tiles: &[Tile],
@@ -684,7 +789,7 @@ unsafe fn transform_output<const N: usize, const R: usize, T: Algo<N, R>>(
 ) {
     // SAFETY: the caller's.
     unsafe {
-        with_lanes!(transform_output_with::<N, R, T>(
+        with_lanes!(transform_output_with::<M, N, R, T>(
             g,
             m,
             tiles,
@@ -700,7 +805,13 @@ unsafe fn transform_output<const N: usize, const R: usize, T: Algo<N, R>>(
 /// # Safety
 /// As [`transform_output`].
 #[inline(always)]
-unsafe fn transform_output_with<const N: usize, const R: usize, T: Algo<N, R>, L: Lane>(
+unsafe fn transform_output_with<
+    const M: usize,
+    const N: usize,
+    const R: usize,
+    T: Algo<M, N, R>,
+    L: Lane,
+>(
     g: &Geometry,
     (m, plane): (&[f32], usize),
     tiles: &[Tile],
@@ -720,7 +831,7 @@ unsafe fn transform_output_with<const N: usize, const R: usize, T: Algo<N, R>, L
                 |a| T::at(a),
                 &block::<L, N>(|i, j| L::load(&mp[i][j][c0..])),
             );
-            let mut vals = [[[0f32; LANES]; 2]; 2];
+            let mut vals = [[[0f32; LANES]; M]; M];
             for (px, vals) in px.iter().zip(&mut vals) {
                 for (px, vals) in px.iter().zip(vals) {
                     px.store(vals);
