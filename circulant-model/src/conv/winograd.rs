@@ -255,13 +255,14 @@ const MIN_SIDE_5X5: usize = 16;
 /// transform and `N²` products with few columns then cost more than they save. 3×3
 /// (F(4×4, 3×3)): AlexNet's conv3 to conv5 (13×13 outputs) ran at im2col's speed at batch 4
 /// to 6 and 15-20% faster at batch 8; cifar-cnn's conv5 (8×8) 7% slower at batch 8 and 25%
-/// faster at 16. 5×5: AlexNet's conv2 (27×27) ran 12% faster than im2col at batch 1. (2-vCPU
-/// Xeon with AVX-512, 2026-12-03.)
+/// faster at 16. 5×5: AlexNet's conv2 at batch 1 (27×27 outputs) ran its forward pass 9%
+/// faster as Winograd, but forward and backward 10% slower. (2-vCPU Xeon with AVX-512,
+/// 2026-12-03.)
 fn min_pixels(k: usize) -> usize {
     if k == 3 {
         1024
     } else {
-        729
+        2048
     }
 }
 
