@@ -882,14 +882,16 @@ mod tests {
             (3, 16, 17, 33, 34, 3, 2, 1),
             (2, 16, 16, 32, 32, 3, 1, 1),
             (3, 5, 18, 30, 29, 3, 2, 1),
-            // More filter pairs (1,320) than one task of the filter transform takes.
+            // Filter transform tasks of 4 output channels (33: the last takes 1) and input
+            // channels in blocks of 16 (40: the last takes 8).
             (2, 40, 33, 32, 32, 3, 1, 1),
-            // 5×5, stride 1: Winograd F(2×2, 5×5) on odd and even sizes with paddings 0-4.
-            (2, 16, 20, 32, 31, 5, 2, 1),
+            // 5×5, stride 1, >= 2048 output pixels: Winograd F(2×2, 5×5) on odd and even sizes
+            // with paddings 0-4.
+            (3, 16, 20, 32, 31, 5, 2, 1),
             (1, 17, 20, 50, 49, 5, 0, 1),
             (3, 16, 16, 27, 27, 5, 2, 1),
             (2, 16, 17, 30, 29, 5, 4, 1),
-            (2, 18, 16, 33, 34, 5, 1, 1),
+            (3, 18, 16, 33, 34, 5, 1, 1),
             (2, 16, 16, 32, 32, 5, 3, 1),
         ] {
             check_against_reference(&mut rng, case);
