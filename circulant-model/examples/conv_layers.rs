@@ -1,4 +1,5 @@
-//! CPU time of the convolutions (each followed by a ReLU) of AlexNet (and its first max pool),
+//! CPU time of the convolutions (each followed by a ReLU, fused as in the networks:
+//! [`Conv2dLayer::forward_relu`]) of AlexNet (and its first max pool),
 //! cifar-cnn or mnist-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same
 //! layers, same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed
 //! by other work on the machine). With `train`, each call is the forward pass and the backward
@@ -77,9 +78,9 @@ fn main() -> Result<()> {
         let input = if i == 0 { &x } else { xv.as_tensor() };
         let ms = fastest_ms(|| {
             if train {
-                conv.forward(input)?.relu()?.sum_all()?.backward()?;
+                conv.forward_relu(input)?.sum_all()?.backward()?;
             } else {
-                conv.forward(&x)?.relu()?;
+                conv.forward_relu(&x)?;
             }
             Ok(())
         })?;

@@ -67,6 +67,12 @@ impl Conv2dLayer {
         self.forward_impl(x, false)
     }
 
+    /// `relu(conv2d(x))`: on the CPU the ReLU is fused into the op (no second pass over the
+    /// output, and its backward masks the output gradient inside the op).
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, true)
+    }
+
     /// The forward pass, followed by a ReLU when `relu` (fused into the op on the CPU).
     pub(crate) fn forward_impl(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         self.forward_with(x, self.weight.as_tensor(), self.bias.as_tensor(), relu)
@@ -982,7 +988,7 @@ mod tests {
             let wt = random_var(&mut rng, &[c_out, c_in, k, k]);
             let b = random_var(&mut rng, &[c_out]);
             let conv = Conv2dLayer::new(wt.clone(), b.clone(), p, s).unwrap();
-            let fused = conv.forward_impl(&x, true).unwrap();
+            let fused = conv.forward_relu(&x).unwrap();
             let separate = conv.forward(&x).unwrap().relu().unwrap();
             let gy = random_var(&mut rng, fused.dims());
             let grads = |y: &Tensor| {
