@@ -142,10 +142,10 @@ impl Conv2dLayer {
 /// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. 3×3
 /// and 5×5, stride-1 convolutions with enough channels and output pixels take Winograd's
 /// F(4×4, 3×3) or F(2×2, 5×5) instead (see `winograd`): 36 multiply-adds per 4×4 outputs and
-/// channel pair, not 144, or per 2×2 outputs, not 100. The backward pass recomputes the patch matrix, takes
-/// `dW += G·colsᵀ` and `dcols = Wᵀ·G` per image and scatters `dcols` back onto the input
-/// gradient; its images are split over rayon's threads (or, for fewer images than threads, the
-/// products are). With `relu` the op returns `relu(conv2d(x, w) + b)`.
+/// channel pair, not 144, or per 2×2 outputs, not 100. The backward pass recomputes the patch
+/// matrix, takes `dW += G·colsᵀ` and `dcols = Wᵀ·G` per image and scatters `dcols` back onto
+/// the input gradient; its images are split over rayon's threads (or, for fewer images than
+/// threads, the products are). With `relu` the op returns `relu(conv2d(x, w) + b)`.
 struct Conv2dOp {
     padding: usize,
     stride: usize,
