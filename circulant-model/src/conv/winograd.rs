@@ -371,10 +371,9 @@ fn transform_filters<const M: usize, const N: usize, const R: usize, T: Algo<M, 
     for c0 in (0..g.c_in).step_by(LANES) {
         let n = LANES.min(g.c_in - c0);
         for r in 0..rows {
-            // Entry (y, x) of the filter of pair (o0 + r, c0 + i) at k[y][x][i].
-            let mut k = [[[0f32; LANES]; R]; R];
+            // Entry (y, x) of the filter of pair (o, c0 + i) at k[y][x][i].
+            let (o, mut k) = (o0 + r, [[[0f32; LANES]; R]; R]);
             for (i, c) in (c0..c0 + n).enumerate() {
-                let o = o0 + r;
                 let src = if flip {
                     &w[(c * g.c_out + o) * kk..][..kk]
                 } else {
