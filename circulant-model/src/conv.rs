@@ -14,12 +14,14 @@ use std::ops::Range;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 mod lanes;
+mod space_to_depth;
 mod winograd;
 
 use crate::cpu::{
     f32_slice, gemm_block, lane_sums, matmul, transpose, use_cpu_op, with_scratch, Mat, SendPtr,
 };
 use crate::error::{Error, Result};
+use winograd::Input;
 
 /// A 2-d convolution without groups or dilation: weight `(c_out, c_in, k, k)`, bias `(c_out)`.
 #[derive(Clone, Debug)]
@@ -142,7 +144,8 @@ impl Conv2dLayer {
 /// patch matrix and one product with the `(c_out, c_in·k·k)` weight, the bias folded in. 3×3
 /// and 5×5, stride-1 convolutions with enough channels and output pixels take Winograd's
 /// F(4×4, 3×3) or F(2×2, 5×5) instead (see `winograd`): 36 multiply-adds per 4×4 outputs and
-/// channel pair, not 144, or per 2×2 outputs, not 100. The backward pass recomputes the patch
+/// channel pair, not 144, or per 2×2 outputs, not 100; so do strided ones that rearrange into
+/// such a 3×3 convolution (see `space_to_depth`). The backward pass recomputes the patch
 /// matrix, takes `dW += G·colsᵀ` and `dcols = Wᵀ·G` per image and scatters `dcols` back onto
 /// the input gradient; its images are split over rayon's threads (or, for fewer images than
 /// threads, the products are). With `relu` the op returns `relu(conv2d(x, w) + b)`.
@@ -397,9 +400,17 @@ impl CustomOp3 for Conv2dOp {
             candle_core::bail!("conv2d: bias {:?} for {} channels", l3.dims(), g.c_out)
         }
         let mut y = vec![0f32; g.n * g.out_len()];
+        if let Some(t) = space_to_depth::geometry(&g) {
+            let w2 = space_to_depth::weight(&g, &t, w);
+            winograd::with_filters(&t, &w2, false, |u| {
+                let z = Input::SpaceToDepth(&g, x);
+                winograd::forward(&t, z, u, bias, self.relu, &mut y)
+            });
+            return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
+        }
         if winograd::applies(&g) {
             winograd::with_filters(&g, w, false, |u| {
-                winograd::forward(&g, (x, None), u, bias, self.relu, &mut y)
+                winograd::forward(&g, Input::Planes(x, None), u, bias, self.relu, &mut y)
             });
             return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
         }
@@ -508,6 +519,14 @@ impl CustomOp3 for Conv2dBackward {
         let dx_len = if self.input_grad { g.n * g.in_len() } else { 0 };
         let mut out = vec![0f32; wn + c_out + dx_len];
         let (dwb, dx) = out.split_at_mut(wn + c_out);
+        let strided = space_to_depth::geometry(&g)
+            .filter(|t| !self.input_grad || winograd::input_grad_geometry(t).is_some());
+        if let Some(t) = strided {
+            let dx = self.input_grad.then_some(dx);
+            self.strided_grads((&g, &t), (x, w), (dy, relu_y), dwb, dx);
+            let len = out.len();
+            return Ok((CpuStorage::F32(out), len.into()));
+        }
         // The input gradient as a Winograd convolution of dy after the per-image tasks, or
         // within them as `col2im(Wᵀ·dy)`.
         let dx_winograd = self
@@ -519,7 +538,7 @@ impl CustomOp3 for Conv2dBackward {
         // im2col.
         if winograd::weight_grad_applies(&g) && (!self.input_grad || dx_winograd.is_some()) {
             let (dw, db) = dwb.split_at_mut(wn);
-            winograd::weight_grad(&g, x, (dy, relu_y), dw);
+            winograd::weight_grad(&g, Input::Planes(x, None), (dy, relu_y), dw);
             g.bias_grad((dy, relu_y), db);
         } else {
             let dx = (self.input_grad && dx_winograd.is_none()).then_some(&mut *dx);
@@ -528,11 +547,43 @@ impl CustomOp3 for Conv2dBackward {
         if let Some(t) = dx_winograd {
             let zero_bias = vec![0f32; g.c_in];
             winograd::with_filters(&t, w, true, |u| {
-                winograd::forward(&t, (dy, relu_y), u, &zero_bias, false, dx)
+                winograd::forward(&t, Input::Planes(dy, relu_y), u, &zero_bias, false, dx)
             });
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), len.into()))
+    }
+}
+
+impl Conv2dBackward {
+    /// The gradients of the strided convolution `g` through its stride-1 form `t` (see
+    /// `space_to_depth`): weight gradient as Winograd, input gradient (with `dx`) as
+    /// Winograd of the rearranged input's gradient, rearranged back.
+    fn strided_grads(
+        &self,
+        (g, t): (&Geometry, &Geometry),
+        (x, w): (&[f32], &[f32]),
+        (dy, relu_y): (&[f32], Option<&[f32]>),
+        dwb: &mut [f32],
+        dx: Option<&mut [f32]>,
+    ) {
+        let (dw, db) = dwb.split_at_mut(g.c_out * g.ckk());
+        let mut dw2 = vec![0f32; t.c_out * t.ckk()];
+        let z = Input::SpaceToDepth(g, x);
+        winograd::weight_grad(t, z, (dy, relu_y), &mut dw2);
+        space_to_depth::weight_grad(g, t, &dw2, dw);
+        g.bias_grad((dy, relu_y), db);
+        let (Some(dx), Some(tg)) = (dx, winograd::input_grad_geometry(t)) else {
+            return;
+        };
+        // The gradient of `z`, rearranged back into `dx`.
+        let w2 = space_to_depth::weight(g, t, w);
+        let (zero_bias, mut dz) = (vec![0f32; t.c_in], vec![0f32; g.n * t.in_len()]);
+        winograd::with_filters(&tg, &w2, true, |u| {
+            let dy = Input::Planes(dy, relu_y);
+            winograd::forward(&tg, dy, u, &zero_bias, false, &mut dz)
+        });
+        space_to_depth::input_grad(g, t, &dz, dx);
     }
 }
 
@@ -899,6 +950,15 @@ mod tests {
             (2, 16, 17, 30, 29, 5, 4, 1),
             (3, 18, 16, 33, 34, 5, 1, 1),
             (2, 16, 16, 32, 32, 5, 3, 1),
+            // Strided, with s²·c_in and c_out >= 16 and >= 1024 output pixels: as a 3×3
+            // stride-1 convolution of the input rearranged (`space_to_depth`). 11×11 stride 4
+            // (AlexNet's conv1: 48 channels, partial tiles); 5×5 stride 2 (kernel taps past 5
+            // zero, 20 channels: a partial block); 7×7 stride 3 (runs of 3 lanes across
+            // blocks of 16); 9×9 stride 3, no padding.
+            (3, 3, 16, 99, 95, 11, 2, 4),
+            (2, 5, 17, 70, 67, 5, 1, 2),
+            (2, 2, 16, 70, 70, 7, 3, 3),
+            (3, 2, 16, 71, 66, 9, 0, 3),
         ] {
             check_against_reference(&mut rng, case);
         }
@@ -983,6 +1043,7 @@ mod tests {
             (3, 2, 4, 9, 3, 1, 1),
             (1, 3, 5, 12, 5, 2, 2),
             (2, 16, 20, 32, 3, 1, 1),
+            (2, 3, 16, 99, 11, 2, 4),
         ] {
             let x = random_var(&mut rng, &[n, c_in, h, h]);
             let wt = random_var(&mut rng, &[c_out, c_in, k, k]);

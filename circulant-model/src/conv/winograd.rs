@@ -25,8 +25,18 @@
 use rayon::prelude::*;
 
 use super::lanes::{with_lanes, Lane, LANES};
-use super::Geometry;
+use super::{space_to_depth, Geometry};
 use crate::cpu::{gemm_block, matmul, with_kept, with_scratch, KeptBuffer, Mat, SendPtr};
+
+/// The input of a Winograd convolution.
+#[derive(Clone, Copy)]
+pub(super) enum Input<'a> {
+    /// `(n, c_in, h, w)` planes, read as 0 where the mask (shaped alike), if any, is not
+    /// positive (the backward pass of a fused ReLU).
+    Planes(&'a [f32], Option<&'a [f32]>),
+    /// The input of the strided convolution `g`, rearranged as `space_to_depth` describes.
+    SpaceToDepth(&'a Geometry, &'a [f32]),
+}
 
 /// One Winograd algorithm F(M×M, R×R): its `M×M` output tiles, `N×N` input patches (`N = M +
 /// R - 1`) and the 1-d transforms it applies to the columns, then the rows, of each block.
@@ -406,22 +416,14 @@ fn transform_filters<const M: usize, const N: usize, const R: usize, T: Algo<M, 
 }
 
 /// `relu?(conv2d(x, w) + bias)` into `y` (`(n, c_out, oh, ow)`, every value written), with
-/// `u = filters(w)`; with a `mask` (shaped as `x`), `x` is read as 0 where the mask is not
-/// positive (the backward pass of a fused ReLU).
-pub(super) fn forward(
-    g: &Geometry,
-    (x, mask): (&[f32], Option<&[f32]>),
-    u: &[f32],
-    bias: &[f32],
-    relu: bool,
-    y: &mut [f32],
-) {
-    by_kernel!(g, forward_with(g, (x, mask), u, bias, relu, y))
+/// `u = filters(w)`.
+pub(super) fn forward(g: &Geometry, x: Input, u: &[f32], bias: &[f32], relu: bool, y: &mut [f32]) {
+    by_kernel!(g, forward_with(g, x, u, bias, relu, y))
 }
 
 fn forward_with<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>>(
     g: &Geometry,
-    (x, mask): (&[f32], Option<&[f32]>),
+    x: Input,
     u: &[f32],
     bias: &[f32],
     relu: bool,
@@ -442,7 +444,7 @@ fn forward_with<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>
     } else {
         T::TILES
     };
-    Blocked::with::<M, N, _>(&INPUT, g, (x, mask), |xb| {
+    Blocked::with::<M, N, _>(&INPUT, g, x, |xb| {
         let ld = xb.ld();
         let out = SendPtr(y.as_mut_ptr());
         (0..blocks * groups).into_par_iter().for_each(|task| {
@@ -485,7 +487,7 @@ const GRAD_TILES: usize = 256;
 /// c_in, k, k)`, overwritten).
 pub(super) fn weight_grad(
     g: &Geometry,
-    x: &[f32],
+    x: Input,
     (dy, mask): (&[f32], Option<&[f32]>),
     dw: &mut [f32],
 ) {
@@ -502,7 +504,7 @@ pub(super) fn weight_grad_applies(g: &Geometry) -> bool {
 
 fn weight_grad_with<const M: usize, const N: usize, const R: usize, T: Adjoint<M, N, R>>(
     g: &Geometry,
-    x: &[f32],
+    x: Input,
     (dy, mask): (&[f32], Option<&[f32]>),
     dw: &mut [f32],
 ) {
@@ -526,8 +528,8 @@ fn weight_grad_with<const M: usize, const N: usize, const R: usize, T: Adjoint<M
         stride: 1,
         ..*g
     };
-    let partials: Vec<Vec<f32>> = Blocked::with::<M, N, _>(&INPUT, g, (x, None), |xb| {
-        Blocked::with::<M, M, _>(&GRAD, &gy, (dy, mask), |gb| {
+    let partials: Vec<Vec<f32>> = Blocked::with::<M, N, _>(&INPUT, g, x, |xb| {
+        Blocked::with::<M, M, _>(&GRAD, &gy, Input::Planes(dy, mask), |gb| {
             let (ld, ldg) = (xb.ld(), gb.ld());
             (0..runs)
                 .into_par_iter()
@@ -655,13 +657,13 @@ struct Blocked<'a> {
 }
 
 impl Blocked<'_> {
-    /// `f(blocked)` for the input of `g` (read as 0 where `mask` is not positive), laid out in
-    /// a buffer the calling thread keeps between calls (with a fresh, zeroed one per call
-    /// cifar-cnn inferred 6-9% slower on a 2-vCPU Xeon, 2026-12-03).
+    /// `f(blocked)` for the input of `g`, laid out in a buffer the calling thread keeps
+    /// between calls (with a fresh, zeroed one per call cifar-cnn inferred 6-9% slower on a
+    /// 2-vCPU Xeon, 2026-12-03).
     fn with<const M: usize, const N: usize, O>(
         key: &'static std::thread::LocalKey<KeptBuffer>,
         g: &Geometry,
-        (x, mask): (&[f32], Option<&[f32]>),
+        input: Input,
         f: impl FnOnce(&Blocked) -> O,
     ) -> O {
         let blocks = g.c_in.div_ceil(LANES);
@@ -669,40 +671,15 @@ impl Blocked<'_> {
         let (hp, wp) = (M * g.oh.div_ceil(M) + N - M, M * g.ow.div_ceil(M) + N - M);
         let len = g.n * blocks * hp * wp * LANES;
         let fill = |data: &mut [f32]| {
-            let (p, hw) = (g.padding, g.h * g.w);
             data.par_chunks_mut(hp * wp * LANES)
                 .enumerate()
                 .for_each(|(ib, dst)| {
                     let (img, cb) = (ib / blocks, ib % blocks);
-                    let lanes = LANES.min(g.c_in - cb * LANES);
-                    // Zero what the copy leaves: the padding, and a partial block's last lanes.
-                    if lanes < LANES {
-                        dst.fill(0.0);
-                    } else {
-                        let rows = wp * LANES;
-                        dst[..p * rows].fill(0.0);
-                        dst[(p + g.h) * rows..].fill(0.0);
-                        for row in dst.chunks_exact_mut(rows).skip(p).take(g.h) {
-                            row[..p * LANES].fill(0.0);
-                            row[(p + g.w) * LANES..].fill(0.0);
-                        }
-                    }
-                    let first = (img * g.c_in + cb * LANES) * hw;
-                    // Row by row, so that the destination row stays in L1 across the lanes.
-                    for y in 0..g.h {
-                        let row = &mut dst[((y + p) * wp + p) * LANES..][..g.w * LANES];
-                        for l in 0..lanes {
-                            let at = first + l * hw + y * g.w;
-                            let (src, dst) = (&x[at..][..g.w], row[l..].iter_mut().step_by(LANES));
-                            match mask {
-                                Some(m) => {
-                                    let m = &m[at..][..g.w];
-                                    for ((d, &v), &m) in dst.zip(src).zip(m) {
-                                        *d = if m > 0.0 { v } else { 0.0 };
-                                    }
-                                }
-                                None => dst.zip(src).for_each(|(d, &v)| *d = v),
-                            }
+                    let chans = cb * LANES..(cb * LANES + LANES).min(g.c_in);
+                    match input {
+                        Input::Planes(x, mask) => fill_planes(g, (x, mask), img, chans, dst, wp),
+                        Input::SpaceToDepth(sg, x) => {
+                            space_to_depth::fill_block(sg, g, x, img, chans, dst, wp)
                         }
                     }
                 });
@@ -722,6 +699,49 @@ impl Blocked<'_> {
     /// Values per row of the transformed-input planes: the channels rounded up to blocks.
     fn ld(&self) -> usize {
         self.blocks * LANES
+    }
+}
+
+/// One `(hp, wp, LANES)` block of [`Blocked`]: channels `chans` of image `img` of the planes
+/// `x` (read as 0 where `mask` is not positive), zero-padded.
+fn fill_planes(
+    g: &Geometry,
+    (x, mask): (&[f32], Option<&[f32]>),
+    img: usize,
+    chans: std::ops::Range<usize>,
+    dst: &mut [f32],
+    wp: usize,
+) {
+    let (p, hw, lanes) = (g.padding, g.h * g.w, chans.len());
+    // Zero what the copy leaves: the padding, and a partial block's last lanes.
+    if lanes < LANES {
+        dst.fill(0.0);
+    } else {
+        let rows = wp * LANES;
+        dst[..p * rows].fill(0.0);
+        dst[(p + g.h) * rows..].fill(0.0);
+        for row in dst.chunks_exact_mut(rows).skip(p).take(g.h) {
+            row[..p * LANES].fill(0.0);
+            row[(p + g.w) * LANES..].fill(0.0);
+        }
+    }
+    let first = (img * g.c_in + chans.start) * hw;
+    // Row by row, so that the destination row stays in L1 across the lanes.
+    for y in 0..g.h {
+        let row = &mut dst[((y + p) * wp + p) * LANES..][..g.w * LANES];
+        for l in 0..lanes {
+            let at = first + l * hw + y * g.w;
+            let (src, dst) = (&x[at..][..g.w], row[l..].iter_mut().step_by(LANES));
+            match mask {
+                Some(m) => {
+                    let m = &m[at..][..g.w];
+                    for ((d, &v), &m) in dst.zip(src).zip(m) {
+                        *d = if m > 0.0 { v } else { 0.0 };
+                    }
+                }
+                None => dst.zip(src).for_each(|(d, &v)| *d = v),
+            }
+        }
     }
 }
 
