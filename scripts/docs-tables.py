@@ -617,7 +617,7 @@ def t_nets(ctx: Ctx) -> str:
     return "\n\n".join(blocks)
 
 
-CONV_LAYERS = "docs/bench/conv-layers-2026-12-03-1445utc-cpu-on-xeon-avx512.txt"
+CONV_LAYERS = "docs/bench/conv-layers-2026-12-03-1615utc-cpu-on-xeon-avx512.txt"
 
 
 def t_conv_layers(ctx: Ctx) -> str:
