@@ -37,7 +37,7 @@ pub(super) fn geometry(g: &Geometry) -> Option<Geometry> {
 
 /// The positions `b` of a row of `z` (`t.w` of them) whose input column `s·b + r - padding`
 /// lies in the image, and that column for the first of them.
-fn valid(g: &Geometry, t: &Geometry, r: usize) -> (std::ops::Range<usize>, usize) {
+fn valid(g: &Geometry, t: &Geometry, r: usize) -> (Range<usize>, usize) {
     let (s, p) = (g.stride, g.padding);
     let lo = p.saturating_sub(r).div_ceil(s);
     let hi = if g.w + p > r {
@@ -120,9 +120,10 @@ fn copy_runs<'a, const S: usize>(
     }
 }
 
-/// The input gradient `dx` (`(n, c_in, h, w)`, overwritten) from the gradient `dz` of `z`:
-/// the adjoint of [`input`], which copies every input value to one place of `z` (input
-/// values no output reads have no place there and get 0).
+/// The input gradient `dx` (`(n, c_in, h, w)`, overwritten) from the gradient `dz` of `z`
+/// (`(n, s²·c_in, t.h, t.w)`): the adjoint of the rearrangement [`fill_block`] describes,
+/// which copies every input value to one place of `z` (input values no output reads have no
+/// place there and get 0).
 pub(super) fn input_grad(g: &Geometry, t: &Geometry, dz: &[f32], dx: &mut [f32]) {
     let s = g.stride;
     dx[..g.n * g.in_len()]
