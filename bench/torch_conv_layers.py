@@ -1,13 +1,13 @@
 """PyTorch peer of `circulant-model/examples/conv_layers.rs`: CPU time of the five
-convolutions (each followed by a ReLU) of AlexNet (and its first max pool), cifar-cnn or
-mnist-cnn, eval mode, no autograd. With `--train`, each call is the forward pass and the backward
+convolutions (each followed by a ReLU) of AlexNet (and its first max pool), cifar-cnn,
+mnist-cnn or one per stage of ResNet-18, eval mode, no autograd. With `--train`, each call is the forward pass and the backward
 pass of the sum of the outputs (input, weight and bias gradients; no input gradient for the
 first layer, whose input is the images) instead.
 
 Prints one line per layer with the fastest of 100 calls after 5 warm-up calls (the fastest
 call is the figure least disturbed by other work on a shared machine).
 
-    python bench/torch_conv_layers.py --batch 1 --threads 2 [--net alexnet|cifar|mnist] [--train]
+    python bench/torch_conv_layers.py --batch 1 --threads 2 [--net alexnet|cifar|mnist|resnet] [--train]
 """
 
 import argparse
@@ -33,6 +33,14 @@ LAYERS = {
         ("conv3", 64, 128, 3, 1, 1, 16),
         ("conv4", 128, 128, 3, 1, 1, 16),
         ("conv5", 128, 256, 3, 1, 1, 8),
+    ],
+    # one 3x3 convolution per stage of torchvision's ResNet-18 at 224x224, after its 7x7 stem
+    "resnet": [
+        ("conv1", 3, 64, 7, 2, 3, 224),
+        ("layer1", 64, 64, 3, 1, 1, 56),
+        ("layer2", 128, 128, 3, 1, 1, 28),
+        ("layer3", 256, 256, 3, 1, 1, 14),
+        ("layer4", 512, 512, 3, 1, 1, 7),
     ],
     # circulant-model's mnist-cnn
     "mnist": [

@@ -1,6 +1,6 @@
 //! CPU time of the convolutions (each followed by a ReLU, fused as in the networks:
 //! [`Conv2dLayer::forward_relu`]) of AlexNet (and its first max pool),
-//! cifar-cnn or mnist-cnn, no autograd, to set beside `bench/torch_conv_layers.py` (same
+//! cifar-cnn, mnist-cnn or one per stage of ResNet-18, no autograd, to set beside `bench/torch_conv_layers.py` (same
 //! layers, same figure: the fastest of 100 calls after 5 warm-up calls, the one least disturbed
 //! by other work on the machine). With `train`, each call is the forward pass and the backward
 //! pass of the sum of the outputs (input, weight and bias gradients; no input gradient for the
@@ -10,7 +10,7 @@
 //! large output is a fresh mapping, and its page faults cost AlexNet's conv1 a third of its time.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar|mnist] [train]
+//! RAYON_NUM_THREADS=2 cargo run --release -p circulant-model --example conv_layers -- [BATCH] [alexnet|cifar|mnist|resnet] [train]
 //! ```
 
 use std::time::Instant;
@@ -58,11 +58,23 @@ fn main() -> Result<()> {
             ("conv4", 128, 128, 3, 1, 1, 16),
             ("conv5", 128, 256, 3, 1, 1, 8),
         ],
+        // One 3×3 convolution per stage of torchvision's ResNet-18, after its 7×7 stem.
+        "resnet" => &[
+            ("conv1", 3, 64, 7, 2, 3, 224),
+            ("layer1", 64, 64, 3, 1, 1, 56),
+            ("layer2", 128, 128, 3, 1, 1, 28),
+            ("layer3", 256, 256, 3, 1, 1, 14),
+            ("layer4", 512, 512, 3, 1, 1, 7),
+        ],
         "mnist" => &[
             ("conv1", 1, 32, 5, 1, 0, 28),
             ("conv2", 32, 64, 5, 1, 0, 12),
         ],
-        other => return Err(format!("unknown network {other:?}: alexnet, cifar or mnist").into()),
+        other => {
+            return Err(
+                format!("unknown network {other:?}: alexnet, cifar, mnist or resnet").into(),
+            )
+        }
     };
     let mut total = 0.0;
     for (i, &(name, ci, co, k, s, p, h)) in layers.iter().enumerate() {
