@@ -11,12 +11,14 @@
 //! are small constant matrices, written out per algorithm as additions and a few
 //! multiplications ([`Algo`]).
 //!
-//! Work is split into tasks of [`Algo::TILES`] consecutive tiles (across images), each
+//! Work is split into tasks of up to [`Algo::TILES`] consecutive tiles (across images), each
 //! transforming its patches into a thread-owned scratch buffer, running its `N²` products and
-//! writing its output pixels; with fewer than two blocks of tiles per thread the output
-//! channels are split too. The filter, input and output transforms run on vectors of
-//! channels or tiles ([`super::lanes`]): the input is first copied into a padded layout with
-//! 16 channels side by side ([`Blocked`]), so that each entry of 16 patches is one load.
+//! writing its output pixels; with fewer than three blocks of tiles per thread each thread
+//! takes an equal run of them, and with fewer than two the output channels are split too.
+//! The filter, input and output transforms run on vectors of channels or tiles
+//! ([`super::lanes`]): the input (planes, or a strided convolution's input rearranged, see
+//! `space_to_depth`) is first copied into a padded layout with 16 channels side by side
+//! ([`Blocked`]), so that each entry of 16 patches is one load.
 //!
 //! The backward pass runs the same way: the input gradient is a Winograd convolution of the
 //! output gradient with the flipped filters ([`input_grad_geometry`]), and the weight gradient
@@ -296,7 +298,7 @@ pub(super) fn applies(g: &Geometry) -> bool {
 /// The input gradient of the convolution `g` as a convolution of its output gradient, when that
 /// runs as Winograd: `dx[c, iy, ix] = Σ_o Σ_ky,kx w[o, c, k-1-ky, k-1-kx] · dy[o, iy+ky-p',
 /// ix+kx-p']` with `p' = k-1-p`, a `k×k`, stride-1 convolution of `dy` `(n, c_out, oh, ow)`
-/// into `(n, c_in, h, w)` with the weight [`flipped`] gives.
+/// into `(n, c_in, h, w)` with the flipped weight ([`with_filters`] with `flip`).
 pub(super) fn input_grad_geometry(g: &Geometry) -> Option<Geometry> {
     if g.stride != 1 || g.padding >= g.k {
         return None;
