@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 #[cfg(feature = "cudnn")]
 mod cudnn;
@@ -30,6 +31,28 @@ pub struct Conv2dLayer {
     bias: Var,
     padding: usize,
     stride: usize,
+}
+
+/// A convolution's weight and bias for inference (see `Model::eval_cache`), a snapshot: on the
+/// CPU, the Winograd filters of the weight are computed at the first call that runs as
+/// Winograd and kept for the next ones.
+#[derive(Clone)]
+pub(crate) struct PreparedConv {
+    weight: Tensor,
+    bias: Tensor,
+    filters: Filters,
+}
+
+/// Transformed Winograd filters, computed once (see [`PreparedConv`]).
+type Filters = Arc<OnceLock<Vec<f32>>>;
+
+impl std::fmt::Debug for PreparedConv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedConv")
+            .field("weight", &self.weight.dims())
+            .field("winograd_filters", &self.filters.get().map(Vec::len))
+            .finish()
+    }
 }
 
 impl Conv2dLayer {
@@ -101,6 +124,45 @@ impl Conv2dLayer {
         bias: &Tensor,
         relu: bool,
     ) -> Result<Tensor> {
+        self.forward_op(x, (weight, bias, None), relu)
+    }
+
+    /// `weight` and `bias` (shaped as this layer's; copied if they are the layer's own `Var`s,
+    /// which training updates in place) prepared for [`Self::forward_prepared`].
+    pub(crate) fn prepare(&self, weight: &Tensor, bias: &Tensor) -> Result<PreparedConv> {
+        let own = |t: &Tensor, v: &Var| t.id() == v.as_tensor().id();
+        let snapshot = |t: &Tensor, v: &Var| -> Result<Tensor> {
+            Ok(if own(t, v) {
+                t.detach().copy()?
+            } else {
+                t.detach()
+            })
+        };
+        Ok(PreparedConv {
+            weight: snapshot(weight, &self.weight)?,
+            bias: snapshot(bias, &self.bias)?,
+            filters: Filters::default(),
+        })
+    }
+
+    /// The forward pass with a prepared weight and bias: on the CPU, 3×3 and 5×5 convolutions
+    /// (and strided ones whose space-to-depth form is 3×3) then run as Winograd at any batch,
+    /// their filters transformed once.
+    pub(crate) fn forward_prepared(
+        &self,
+        x: &Tensor,
+        p: &PreparedConv,
+        relu: bool,
+    ) -> Result<Tensor> {
+        self.forward_op(x, (&p.weight, &p.bias, Some(&p.filters)), relu)
+    }
+
+    fn forward_op(
+        &self,
+        x: &Tensor,
+        (weight, bias, filters): (&Tensor, &Tensor, Option<&Filters>),
+        relu: bool,
+    ) -> Result<Tensor> {
         let (_, c_in, _, _) = x.dims4()?;
         let (c_out, wc_in, _, _) = weight.dims4()?;
         if c_in != wc_in {
@@ -114,6 +176,7 @@ impl Conv2dLayer {
                 padding: self.padding,
                 stride: self.stride,
                 relu,
+                filters: filters.cloned(),
             };
             Ok(x.contiguous()?
                 .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?)
@@ -153,6 +216,8 @@ struct Conv2dOp {
     padding: usize,
     stride: usize,
     relu: bool,
+    /// The weight's Winograd filters, computed once, for inference ([`PreparedConv`]).
+    filters: Option<Filters>,
 }
 
 /// Output pixels per block of the forward pass (see [`Geometry::blocks`]) and of the im2col
@@ -400,19 +465,32 @@ impl CustomOp3 for Conv2dOp {
             candle_core::bail!("conv2d: bias {:?} for {} channels", l3.dims(), g.c_out)
         }
         let mut y = vec![0f32; g.n * g.out_len()];
-        if let Some(t) = space_to_depth::geometry(&g) {
-            let w2 = space_to_depth::weight(&g, &t, w);
-            winograd::with_filters(&t, &w2, false, |u| {
-                let z = Input::SpaceToDepth(&g, x);
-                winograd::forward(&t, z, u, bias, self.relu, &mut y)
-            });
-            return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
+        let shape = (g.n, g.c_out, g.oh, g.ow);
+        let prepared = self.filters.as_deref();
+        // Winograd's forward pass of `t` on `x` with the filters of `w`: those kept, or
+        // transformed for this call.
+        let mut winograd = |t: &Geometry, x: Input, w: &[f32]| {
+            let mut run = |u: &[f32]| winograd::forward(t, x, u, bias, self.relu, &mut y);
+            match prepared {
+                Some(kept) => run(kept.get_or_init(|| winograd::filters(t, w))),
+                None => winograd::with_filters(t, w, false, run),
+            }
+        };
+        if let Some(t) = space_to_depth::geometry(&g, prepared.is_some()) {
+            winograd(
+                &t,
+                Input::SpaceToDepth(&g, x),
+                &space_to_depth::weight(&g, &t, w),
+            );
+            return Ok((CpuStorage::F32(y), shape.into()));
         }
-        if winograd::applies(&g) {
-            winograd::with_filters(&g, w, false, |u| {
-                winograd::forward(&g, Input::Planes(x, None), u, bias, self.relu, &mut y)
-            });
-            return Ok((CpuStorage::F32(y), (g.n, g.c_out, g.oh, g.ow).into()));
+        let plain = match prepared {
+            Some(_) => winograd::applies_prepared(&g),
+            None => winograd::applies(&g),
+        };
+        if plain {
+            winograd(&g, Input::Planes(x, None), w);
+            return Ok((CpuStorage::F32(y), shape.into()));
         }
         let (l, ckk, blocks) = (g.l(), g.ckk(), g.blocks());
         let out = SendPtr(y.as_mut_ptr());
@@ -519,7 +597,7 @@ impl CustomOp3 for Conv2dBackward {
         let dx_len = if self.input_grad { g.n * g.in_len() } else { 0 };
         let mut out = vec![0f32; wn + c_out + dx_len];
         let (dwb, dx) = out.split_at_mut(wn + c_out);
-        let strided = space_to_depth::geometry(&g)
+        let strided = space_to_depth::geometry(&g, false)
             .filter(|t| !self.input_grad || winograd::input_grad_geometry(t).is_some());
         if let Some(t) = strided {
             let dx = self.input_grad.then_some(dx);
@@ -976,6 +1054,54 @@ mod tests {
                     check_against_reference(&mut rng, case);
                 }
             });
+        }
+    }
+
+    /// A prepared convolution (inference) runs as Winograd below the pixel thresholds, with
+    /// its filters transformed at the first call and kept, equals the float64 reference and
+    /// keeps its snapshot of the weight; one with too few channels for Winograd keeps im2col
+    /// and transforms nothing.
+    #[test]
+    fn prepared_forward_matches_float64_reference() {
+        let mut rng = StdRng::seed_from_u64(6);
+        for ((n, c_in, c_out, h, w, k, p, s), winograd) in [
+            ((1, 16, 17, 13, 13, 3, 1, 1), true),
+            ((2, 17, 16, 20, 19, 5, 2, 1), true),
+            ((1, 3, 16, 99, 95, 11, 2, 4), true),
+            ((1, 3, 8, 9, 9, 3, 1, 1), false),
+        ] {
+            let x = random_var(&mut rng, &[n, c_in, h, w]);
+            let wt = random_var(&mut rng, &[c_out, c_in, k, k]);
+            let b = random_var(&mut rng, &[c_out]);
+            let conv = Conv2dLayer::new(wt.clone(), b.clone(), p, s).unwrap();
+            let prepared = conv.prepare(wt.as_tensor(), b.as_tensor()).unwrap();
+            let y = conv.forward_prepared(&x, &prepared, false).unwrap();
+            let case = format!("n {n} c_in {c_in} c_out {c_out} {h}x{w} k{k} p{p} s{s}");
+            assert_eq!(prepared.filters.get().is_some(), winograd, "{case}");
+            let gy = vec![0f32; y.elem_count()];
+            let (ry, ..) = reference(
+                &host(&x),
+                (n, c_in, h, w),
+                &host(&wt),
+                (c_out, k),
+                &host(&b),
+                (p, s),
+                &gy,
+            );
+            let got = host(&y);
+            assert_eq!(got.len(), ry.len(), "{case}");
+            for (u, v) in got.iter().zip(&ry) {
+                assert!(
+                    (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
+                    "{case}: {u} vs {v}"
+                );
+            }
+            let again = conv.forward_prepared(&x, &prepared, false).unwrap();
+            assert_eq!(host(&again), got, "{case}: second call");
+            // A snapshot: training the layer's weight after preparing changes nothing.
+            wt.set(&wt.as_tensor().zeros_like().unwrap()).unwrap();
+            let after = conv.forward_prepared(&x, &prepared, false).unwrap();
+            assert_eq!(host(&after), got, "{case}: weight changed after preparing");
         }
     }
 

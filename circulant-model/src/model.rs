@@ -9,7 +9,7 @@ use circulant_kernels::WeightSpectra;
 use crate::batch_norm::BatchNorm2d;
 use crate::builder::{Builder, Source, Store};
 use crate::config::{Head, ModelConfig, Network};
-use crate::conv::Conv2dLayer;
+use crate::conv::{Conv2dLayer, PreparedConv};
 use crate::dropout::{dropout, dropout_layer_seed};
 use crate::error::{Error, Result};
 use crate::init::Init;
@@ -40,8 +40,9 @@ enum Layer {
     Fc { name: String, fc: FcLayer },
 }
 
-/// Precomputed eval-mode state of a [`Model`]: the spectra of its circulant weights, and each
-/// batch norm that follows a convolution folded into that convolution's weight and bias.
+/// Precomputed eval-mode state of a [`Model`]: the spectra of its circulant weights, each
+/// batch norm that follows a convolution folded into that convolution's weight and bias, and
+/// (on the CPU) the convolutions' Winograd filters, transformed at their first use.
 #[derive(Clone, Debug)]
 pub struct EvalCache {
     /// One entry per layer.
@@ -53,8 +54,9 @@ pub struct EvalCache {
 enum Cached {
     /// A circulant FC layer's weight spectra.
     Spectra(WeightSpectra),
-    /// A convolution with the batch norm after it folded in.
-    FoldedConv { weight: Tensor, bias: Tensor },
+    /// A convolution's weight and bias (with the batch norm after it folded in, if `folded`)
+    /// and, on the CPU, its Winograd filters once computed.
+    Conv { conv: PreparedConv, folded: bool },
 }
 
 /// A network with its parameters (trainable ones held as candle `Var`s in a `VarMap`).
@@ -110,7 +112,10 @@ impl Model {
     /// The eval-mode state for [`Model::forward_eval_with`], computed once, a snapshot of the
     /// current weights: every circulant layer's weight spectra, and every convolution followed
     /// by a batch norm as one convolution (`W·s`, `(b - mean)·s + beta` with `s = gamma /
-    /// sqrt(var + eps)`), which saves the batch norm's pass over the activations.
+    /// sqrt(var + eps)`), which saves the batch norm's pass over the activations. On the CPU
+    /// the 3×3 and 5×5 convolutions (and AlexNet's strided conv1) then run as Winograd at any
+    /// batch size, their transformed filters kept from the first call (for AlexNet about four
+    /// times the size of its convolution weights).
     pub fn eval_cache(&self) -> Result<EvalCache> {
         let layers = self
             .layers
@@ -127,7 +132,15 @@ impl Model {
                 (Layer::Conv { conv, .. }, Some(Layer::BatchNorm { bn, .. })) => {
                     let (scale, shift) = bn.eval_affine()?;
                     let (weight, bias) = conv.fold(&scale, &shift)?;
-                    Ok(Some(Cached::FoldedConv { weight, bias }))
+                    let conv = conv.prepare(&weight, &bias)?;
+                    Ok(Some(Cached::Conv { conv, folded: true }))
+                }
+                (Layer::Conv { conv: c, .. }, _) => {
+                    let conv = c.prepare(c.weight().as_tensor(), c.bias().as_tensor())?;
+                    Ok(Some(Cached::Conv {
+                        conv,
+                        folded: false,
+                    }))
                 }
                 _ => Ok(None),
             })
@@ -172,10 +185,13 @@ impl Model {
             let cached = cache.and_then(|c| c.layers.get(i)?.as_ref());
             h = match layer {
                 Layer::Conv { conv, .. } => match cached {
-                    Some(Cached::FoldedConv { weight, bias }) => {
-                        let relu = is_relu(i + 2);
-                        skip = 1 + usize::from(relu);
-                        conv.forward_with(&h, weight, bias, relu)?
+                    Some(Cached::Conv {
+                        conv: prepared,
+                        folded,
+                    }) => {
+                        let relu = is_relu(i + 1 + usize::from(*folded));
+                        skip = usize::from(*folded) + usize::from(relu);
+                        conv.forward_prepared(&h, prepared, relu)?
                     }
                     _ if mixed => {
                         skip = usize::from(next_is_relu);

@@ -13,9 +13,10 @@ use rayon::prelude::*;
 use super::lanes::LANES;
 use super::{winograd, Geometry};
 
-/// The stride-1 convolution of `z` equal to the strided `g`, where it runs as Winograd:
+/// The stride-1 convolution of `z` equal to the strided `g`, where it is 3×3 and runs as
+/// Winograd (with `prepared` filters, [`winograd::applies_prepared`]):
 /// `(n, s²·c_in, oh + q - 1, ow + q - 1)` inputs, a `q×q` kernel (`q = ⌈k/s⌉`), no padding.
-pub(super) fn geometry(g: &Geometry) -> Option<Geometry> {
+pub(super) fn geometry(g: &Geometry, prepared: bool) -> Option<Geometry> {
     if g.stride < 2 {
         return None;
     }
@@ -32,7 +33,12 @@ pub(super) fn geometry(g: &Geometry) -> Option<Geometry> {
         oh: g.oh,
         ow: g.ow,
     };
-    (winograd::applies(&t) && winograd::weight_grad_applies(&t)).then_some(t)
+    let runs = if prepared {
+        winograd::applies_prepared(&t)
+    } else {
+        winograd::applies(&t)
+    };
+    (t.k == 3 && runs).then_some(t)
 }
 
 /// The positions `b` of a row of `z` (`t.w` of them) whose input column `s·b + r - padding`
