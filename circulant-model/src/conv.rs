@@ -791,7 +791,7 @@ fn gather(dst: &mut [f32], src: &[f32], s: usize) {
         }
     }
     match s {
-        1 => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+        1 => dst.copy_from_slice(&src[..dst.len()]),
         2 => fixed::<2>(dst, src),
         4 => fixed::<4>(dst, src),
         _ => {
