@@ -981,13 +981,18 @@ mod tests {
             ("dw", host(grads.get(&wt).unwrap()), rdw),
             ("db", host(grads.get(&b).unwrap()), rdb),
         ] {
-            assert_eq!(got.len(), want.len(), "{case} {what}");
-            for (u, v) in got.iter().zip(&want) {
-                assert!(
-                    (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
-                    "{case} {what}: {u} vs {v}"
-                );
-            }
+            assert_close(&got, &want, &format!("{case} {what}"));
+        }
+    }
+
+    /// `got` equals the float64 `want` within the tests' tolerance.
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (u, v) in got.iter().zip(want) {
+            assert!(
+                (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
+                "{what}: {u} vs {v}"
+            );
         }
     }
 
@@ -1089,13 +1094,7 @@ mod tests {
                 &gy,
             );
             let got = host(&y);
-            assert_eq!(got.len(), ry.len(), "{case}");
-            for (u, v) in got.iter().zip(&ry) {
-                assert!(
-                    (*u as f64 - v).abs() < 1e-4 * (1.0 + v.abs()),
-                    "{case}: {u} vs {v}"
-                );
-            }
+            assert_close(&got, &ry, &case);
             let again = conv.forward_prepared(&x, &prepared, false).unwrap();
             assert_eq!(host(&again), got, "{case}: second call");
             // A snapshot: training the layer's weight after preparing changes nothing.
