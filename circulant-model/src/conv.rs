@@ -477,11 +477,12 @@ impl CustomOp3 for Conv2dOp {
             }
         };
         if let Some(t) = space_to_depth::geometry(&g, prepared.is_some()) {
-            winograd(
-                &t,
-                Input::SpaceToDepth(&g, x),
-                &space_to_depth::weight(&g, &t, w),
-            );
+            // The rearranged weight, unless its filters are kept already.
+            let w2 = match prepared.and_then(OnceLock::get) {
+                Some(_) => Vec::new(),
+                None => space_to_depth::weight(&g, &t, w),
+            };
+            winograd(&t, Input::SpaceToDepth(&g, x), &w2);
             return Ok((CpuStorage::F32(y), shape.into()));
         }
         let plain = match prepared {
