@@ -127,20 +127,13 @@ impl Conv2dLayer {
         self.forward_op(x, (weight, bias, None), relu)
     }
 
-    /// `weight` and `bias` (shaped as this layer's; copied if they are the layer's own `Var`s,
-    /// which training updates in place) prepared for [`Self::forward_prepared`].
+    /// Copies of `weight` and `bias` (shaped as this layer's) prepared for
+    /// [`Self::forward_prepared`]: a snapshot, which training the layer's own `Var`s in place
+    /// leaves as it is.
     pub(crate) fn prepare(&self, weight: &Tensor, bias: &Tensor) -> Result<PreparedConv> {
-        let own = |t: &Tensor, v: &Var| t.id() == v.as_tensor().id();
-        let snapshot = |t: &Tensor, v: &Var| -> Result<Tensor> {
-            Ok(if own(t, v) {
-                t.detach().copy()?
-            } else {
-                t.detach()
-            })
-        };
         Ok(PreparedConv {
-            weight: snapshot(weight, &self.weight)?,
-            bias: snapshot(bias, &self.bias)?,
+            weight: weight.detach().copy()?,
+            bias: bias.detach().copy()?,
             filters: Filters::default(),
         })
     }

@@ -462,14 +462,11 @@ fn forward_with<const M: usize, const N: usize, const R: usize, T: Algo<M, N, R>
     // (196 tiles, a 56×56 output, in blocks of 64 left one of two threads 128 tiles and the
     // other 68: 11% slower); otherwise blocks of `T::TILES`, which the threads share out as
     // they finish (with runs per thread 112×112 ran 3% slower, its runs ending in 8 tiles).
-    let equal = |count: usize| {
-        let per_block = tiles.div_ceil(count);
-        (0..count)
+    let ranges: Vec<std::ops::Range<usize>> = if groups > 1 {
+        let per_block = tiles.div_ceil(blocks);
+        (0..blocks)
             .map(|b| b * per_block..((b + 1) * per_block).min(tiles))
             .collect()
-    };
-    let ranges: Vec<std::ops::Range<usize>> = if groups > 1 {
-        equal(blocks)
     } else if blocks >= 3 * threads {
         (0..tiles)
             .step_by(T::TILES)
