@@ -8,9 +8,10 @@
 #
 #   tests       the CUDA test binaries (fail, never skip: CIRCULANT_REQUIRE_CUDA=1)
 #   nets-cudnn  whole networks against PyTorch on this card (scripts/bench-nets.sh --device
-#               cuda: cifar-cnn and alexnet at batch 256, both heads, NETS_STEPS steps each,
-#               default 30), ours built with cuDNN, f32 then bf16 (ours `--precision bf16`
-#               against PyTorch's autocast); merged into RESULTS/nets/nets.json
+#               cuda: NETS_CASES, default cifar-cnn and alexnet at batch 256, both heads,
+#               NETS_STEPS steps each, default 30), ours built with cuDNN, f32 then bf16 (ours
+#               `--precision bf16` against PyTorch's autocast); merged into
+#               RESULTS/nets/nets.json
 #   loader      cifar-cnn circulant on the CIFAR_DIR JPEGs, 2 epochs at batch 256 (the real
 #               loader), against `trainer bench` on a batch kept on the card; skipped without
 #               CIFAR_DIR
@@ -159,7 +160,7 @@ stage_nets() { # build
     echo "== bench-nets --device cuda --precision $precision (ours: $build)"
     timeout "${NETS_TIMEOUT:-200}" bash "$ROOT/scripts/bench-nets.sh" --device cuda \
       --precision "$precision" --python python3 --trainer "$trainer" --steps "${NETS_STEPS:-30}" \
-      --cases cifar-cnn:256,alexnet:256 --heads dense,circulant --out "$NETS/$build" 2>&1 |
+      --cases "${NETS_CASES:-cifar-cnn:256,alexnet:256}" --heads dense,circulant --out "$NETS/$build" 2>&1 |
       tee "$NETS/$build-$precision.log"
     ((PIPESTATUS[0] == 0)) || status=1
     json=$(ls "$NETS/$build"/nets-*-cuda$([[ $precision == bf16 ]] && echo -bf16).json 2>/dev/null | tail -1)
