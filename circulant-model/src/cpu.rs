@@ -248,19 +248,33 @@ pub(crate) fn with_kept<R>(
     })
 }
 
-/// `dst = srcᵀ` for the row-major `(rows, cols)` matrix `src`, in 16 × 16 blocks (the
-/// strided side then reads whole cache lines), over rayon's threads by blocks of `dst` rows.
+/// `dst = srcᵀ` for the row-major `(rows, cols)` matrix `src`, in 16 × 16 blocks over rayon's
+/// threads by blocks of `dst` rows: each whole block is copied row by row into a local tile and
+/// written column by column, so that both sides move whole runs of 16 values (reading the
+/// strided side value by value took 1.4–1.9× as long on AlexNet's weight gradients).
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const B: usize = 16;
     dst[..rows * cols]
         .par_chunks_mut(B * rows)
         .enumerate()
         .for_each(|(jb, dst)| {
+            let j0 = jb * B;
+            let mut tile = [[0f32; B]; B];
             for i0 in (0..rows).step_by(B) {
-                for (dj, dst) in dst.chunks_mut(rows).enumerate() {
-                    let j = jb * B + dj;
-                    for i in i0..(i0 + B).min(rows) {
-                        dst[i] = src[i * cols + j];
+                if j0 + B <= cols && i0 + B <= rows {
+                    for (di, row) in tile.iter_mut().enumerate() {
+                        row.copy_from_slice(&src[(i0 + di) * cols + j0..][..B]);
+                    }
+                    for (dj, out) in dst.chunks_exact_mut(rows).enumerate() {
+                        for (di, v) in out[i0..i0 + B].iter_mut().enumerate() {
+                            *v = tile[di][dj];
+                        }
+                    }
+                } else {
+                    for (dj, out) in dst.chunks_mut(rows).enumerate() {
+                        for i in i0..(i0 + B).min(rows) {
+                            out[i] = src[i * cols + j0 + dj];
+                        }
                     }
                 }
             }
@@ -283,6 +297,38 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Whole 16 × 16 blocks, partial ones on either edge and thin matrices all transpose
+    /// exactly, on 3 threads.
+    #[test]
+    fn transpose_matches_plain_loop() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (rows, cols) in [
+            (16, 16),
+            (48, 32),
+            (17, 33),
+            (33, 17),
+            (1, 40),
+            (40, 1),
+            (363, 64),
+        ] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut got = vec![f32::NAN; rows * cols];
+            pool.install(|| transpose(&src, rows, cols, &mut got));
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        got[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}x{cols} at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     /// Products split over threads by rows and by columns (uneven blocks on 3 threads),
