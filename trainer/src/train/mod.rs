@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use circulant_model::{Model, ModelConfig};
+use circulant_model::{InputSpec, Model, ModelConfig};
 
 use crate::checkpoint::{self, LoadedState, TrainState, BEST_FILE, MODEL_FILE};
 use crate::cli::TrainArgs;
@@ -173,103 +173,16 @@ fn train_in(
         None => None,
     };
 
-    // Input shape: the stored model's, or the network's default (optionally resized).
-    let input = match &resumed {
-        Some(l) => l.state.model.input.clone(),
-        None => {
-            let mut input = config.run.network.default_input();
-            if let Some(s) = config.run.image_size {
-                input.height = s;
-                input.width = s;
-            }
-            input
-        }
-    };
-    let shape = Shape::of(&input);
-    let (run, adj) = (&config.run, &config.adjustable);
-    let dataset = data::open(&DataOptions {
-        kind: run.dataset,
-        data_dir: adj.data_dir.clone(),
-        input: input.clone(),
-        seed: run.seed,
-        need_train: true,
-        synthetic_train: run.synthetic_train,
-        synthetic_test: run.synthetic_test,
-        synthetic_classes: run.synthetic_classes,
-        min_crop_scale: adj
-            .min_crop_scale
-            .unwrap_or_else(|| default_min_crop_scale(shape)),
-    })?;
-    let n_train = dataset.train.len();
-    if n_train == 0 || dataset.test.len() == 0 {
-        bail!(
-            "the dataset has {n_train} training and {} test images; both must be non-empty",
-            dataset.test.len()
-        );
-    }
-    let n_val = ValSplit::resolve(run.val_split, run.dataset, n_train, dataset.num_classes)?;
-    let (train_idx, val_idx) = data::split_indices(n_train, n_val, run.seed);
-    let splits = Splits {
-        train: Arc::new(Subset::new(dataset.train.clone(), train_idx)),
-        val: (n_val > 0)
-            .then(|| Arc::new(Subset::new(dataset.train.clone(), val_idx)) as Arc<dyn Source>),
-        test: dataset.test.clone(),
-    };
-
+    let (dataset, splits, input) = open_data(&config, resumed.as_ref())?;
     let (model, state, optimizer_state) = match resumed {
-        Some(l) => {
-            let s = &l.state;
-            if s.model.num_classes != dataset.num_classes {
-                bail!(
-                    "the run being resumed has {} classes but the dataset now has {}",
-                    s.model.num_classes,
-                    dataset.num_classes
-                );
-            }
-            if [s.train_len, s.val_len, s.test_len] != splits.sizes() {
-                bail!(
-                    "the run being resumed had {} train / {} validation / {} test images, the \
-                     dataset now gives {:?}; resume with the same data",
-                    s.train_len,
-                    s.val_len,
-                    s.test_len,
-                    splits.sizes()
-                );
-            }
-            if s.epoch < adj.epochs
-                && l.order != data::epoch_order(splits.train.len(), run.seed, s.epoch)
-            {
-                bail!("the saved data order does not match this dataset and seed; resume with the same data");
-            }
-            if s.world_size != world_size && role.writes() {
-                eprintln!(
-                    "note: the run was trained by {} process(es), now by {world_size}: from here \
-                     on its batches differ (the sample order of each epoch is the same)",
-                    s.world_size
-                );
-            }
-            let model = checkpoint::model_from_state(&l, device)?;
-            let step = l.state.global_step;
-            let mut st = l.state;
-            st.config = config.clone();
-            st.world_size = world_size;
-            (model, st, Some((l.optimizer, step)))
-        }
+        Some(l) => resume_from(l, &config, (&dataset, &splits), (world_size, role), device)?,
         None => {
-            let mut mc = ModelConfig::new(run.network, run.head, dataset.num_classes, run.seed);
-            if let (Some(head), Some(last)) = (run.classifier_head, run.network.fc_layers().last())
-            {
-                mc = mc.with_head(last, head);
-            }
-            mc.input = input.clone();
-            let model = Model::new(mc.clone(), device)
-                .with_context(|| format!("cannot build {} with {} heads", run.network, run.head))?;
-            let mut st = TrainState::new(mc, config.clone(), splits.sizes());
-            st.class_names = dataset.class_names.clone();
-            st.world_size = world_size;
-            (model, st, None)
+            let (model, state) =
+                build_model(&config, (&dataset, &splits), input, world_size, device)?;
+            (model, state, None)
         }
     };
+    let run = &config.run;
     let global_batch = run.batch_size * world_size;
     let steps_per_epoch = shard::steps_per_epoch(splits.train.len(), global_batch) as u64;
     let mut trainer = Trainer::new(model, &config, steps_per_epoch)?;
@@ -282,30 +195,13 @@ fn train_in(
             .load_state(&tensors, step)
             .context("cannot restore the optimizer state")?;
     }
-    let report = trainer.model.param_report();
-    let classifier = run
-        .classifier_head
-        .map(|h| format!(" ({h} classifier)"))
-        .unwrap_or_default();
-    println!(
-        "{} with {} heads{classifier}: {} parameters ({} dense-equivalent, {:.1}x smaller)",
-        run.network,
-        run.head,
-        report.total(),
-        report.dense_equivalent_total(),
-        report.compression(),
+    print_summary(
+        &trainer.model,
+        run,
+        &dataset.description,
+        &splits,
+        world_size,
     );
-    let [tr, va, te] = splits.sizes();
-    println!(
-        "data: {}: {tr} train / {va} validation / {te} test images",
-        dataset.description
-    );
-    if world_size > 1 {
-        println!(
-            "data-parallel: {world_size} processes x batch {} = {global_batch} images per step",
-            run.batch_size
-        );
-    }
     if args.resume.is_some() {
         println!(
             "resuming at epoch {}, batch {}, step {}; writing to {}",
@@ -323,7 +219,8 @@ fn train_in(
     }
 
     let workers = args.workers.unwrap_or_else(default_workers);
-    let loader_cfg = LoaderConfig::new(run.batch_size, shape.numel(), workers)?;
+    let sample_len = Shape::of(&state.model.input).numel();
+    let loader_cfg = LoaderConfig::new(run.batch_size, sample_len, workers)?;
     let eval_cfg = LoaderConfig {
         batch_size: run.batch_size.max(256),
         ..loader_cfg.clone()
@@ -363,6 +260,162 @@ fn train_in(
     }
     r.finish()
 }
+
+/// The dataset of a run, its three splits and the input every sample takes: the stored model's
+/// when resuming, or the network's default (resized by `--image-size`).
+fn open_data(
+    config: &TrainConfig,
+    resumed: Option<&LoadedState>,
+) -> Result<(data::Dataset, Splits, InputSpec)> {
+    let (run, adj) = (&config.run, &config.adjustable);
+    let input = match resumed {
+        Some(l) => l.state.model.input.clone(),
+        None => {
+            let mut input = run.network.default_input();
+            if let Some(s) = run.image_size {
+                input.height = s;
+                input.width = s;
+            }
+            input
+        }
+    };
+    let shape = Shape::of(&input);
+    let dataset = data::open(&DataOptions {
+        kind: run.dataset,
+        data_dir: adj.data_dir.clone(),
+        input: input.clone(),
+        seed: run.seed,
+        need_train: true,
+        synthetic_train: run.synthetic_train,
+        synthetic_test: run.synthetic_test,
+        synthetic_classes: run.synthetic_classes,
+        min_crop_scale: adj
+            .min_crop_scale
+            .unwrap_or_else(|| default_min_crop_scale(shape)),
+    })?;
+    let n_train = dataset.train.len();
+    if n_train == 0 || dataset.test.len() == 0 {
+        bail!(
+            "the dataset has {n_train} training and {} test images; both must be non-empty",
+            dataset.test.len()
+        );
+    }
+    let n_val = ValSplit::resolve(run.val_split, run.dataset, n_train, dataset.num_classes)?;
+    let (train_idx, val_idx) = data::split_indices(n_train, n_val, run.seed);
+    let splits = Splits {
+        train: Arc::new(Subset::new(dataset.train.clone(), train_idx)),
+        val: (n_val > 0)
+            .then(|| Arc::new(Subset::new(dataset.train.clone(), val_idx)) as Arc<dyn Source>),
+        test: dataset.test.clone(),
+    };
+    Ok((dataset, splits, input))
+}
+
+/// The model, training state and optimizer state (with its step) of a resumed run, after
+/// checking that the data is what it trained on.
+fn resume_from(
+    l: LoadedState,
+    config: &TrainConfig,
+    (dataset, splits): (&data::Dataset, &Splits),
+    (world_size, role): (usize, Role),
+    device: &candle_core::Device,
+) -> Result<(Model, TrainState, Option<OptimizerState>)> {
+    let s = &l.state;
+    if s.model.num_classes != dataset.num_classes {
+        bail!(
+            "the run being resumed has {} classes but the dataset now has {}",
+            s.model.num_classes,
+            dataset.num_classes
+        );
+    }
+    if [s.train_len, s.val_len, s.test_len] != splits.sizes() {
+        bail!(
+            "the run being resumed had {} train / {} validation / {} test images, the \
+             dataset now gives {:?}; resume with the same data",
+            s.train_len,
+            s.val_len,
+            s.test_len,
+            splits.sizes()
+        );
+    }
+    if s.epoch < config.adjustable.epochs
+        && l.order != data::epoch_order(splits.train.len(), config.run.seed, s.epoch)
+    {
+        bail!(
+            "the saved data order does not match this dataset and seed; resume with the same data"
+        );
+    }
+    if s.world_size != world_size && role.writes() {
+        eprintln!(
+            "note: the run was trained by {} process(es), now by {world_size}: from here \
+             on its batches differ (the sample order of each epoch is the same)",
+            s.world_size
+        );
+    }
+    let model = checkpoint::model_from_state(&l, device)?;
+    let step = l.state.global_step;
+    let mut st = l.state;
+    st.config = config.clone();
+    st.world_size = world_size;
+    Ok((model, st, Some((l.optimizer, step))))
+}
+
+/// A fresh model for a new run, and its training state.
+fn build_model(
+    config: &TrainConfig,
+    (dataset, splits): (&data::Dataset, &Splits),
+    input: InputSpec,
+    world_size: usize,
+    device: &candle_core::Device,
+) -> Result<(Model, TrainState)> {
+    let run = &config.run;
+    let mut mc = ModelConfig::new(run.network, run.head, dataset.num_classes, run.seed);
+    if let (Some(head), Some(last)) = (run.classifier_head, run.network.fc_layers().last()) {
+        mc = mc.with_head(last, head);
+    }
+    mc.input = input;
+    let model = Model::new(mc.clone(), device)
+        .with_context(|| format!("cannot build {} with {} heads", run.network, run.head))?;
+    let mut st = TrainState::new(mc, config.clone(), splits.sizes());
+    st.class_names = dataset.class_names.clone();
+    st.world_size = world_size;
+    Ok((model, st))
+}
+
+/// The run's first lines: the network and its parameters, the data, the processes.
+fn print_summary(
+    model: &Model,
+    run: &settings::RunSpec,
+    data: &str,
+    splits: &Splits,
+    world_size: usize,
+) {
+    let report = model.param_report();
+    let classifier = run
+        .classifier_head
+        .map(|h| format!(" ({h} classifier)"))
+        .unwrap_or_default();
+    println!(
+        "{} with {} heads{classifier}: {} parameters ({} dense-equivalent, {:.1}x smaller)",
+        run.network,
+        run.head,
+        report.total(),
+        report.dense_equivalent_total(),
+        report.compression(),
+    );
+    let [tr, va, te] = splits.sizes();
+    println!("data: {data}: {tr} train / {va} validation / {te} test images");
+    if world_size > 1 {
+        println!(
+            "data-parallel: {world_size} processes x batch {} = {} images per step",
+            run.batch_size,
+            run.batch_size * world_size
+        );
+    }
+}
+
+/// A resumed run's optimizer tensors and the step they were saved at.
+type OptimizerState = (std::collections::HashMap<String, candle_core::Tensor>, u64);
 
 /// The message for a resumed run that has already trained and been tested as asked.
 fn nothing_to_do(
