@@ -396,6 +396,33 @@ def t_results(dataset: str | None, empty: str):
     return gen
 
 
+def t_seed_summary(dataset: str, epochs: int):
+    """Runs of `dataset` with `epochs` full epochs, grouped by recipe (the run name without its
+    `-seed<N>` suffix; runs without one are seed 0): test error per seed and the mean."""
+    def gen(ctx: Ctx) -> str:
+        groups: dict[str, list[tuple[int, Run]]] = {}
+        for r in all_runs():
+            if r.dataset != dataset or r.legacy or len(r.full_epochs) != epochs or r.test is None:
+                continue
+            m = re.fullmatch(r"(?P<recipe>.*?)(?:-seed(?P<seed>\d+))?", r.name)
+            groups.setdefault(m["recipe"], []).append((int(m["seed"] or 0), r))
+        rows = []
+        for recipe, runs in groups.items():
+            runs.sort(key=lambda sr: sr[0])
+            errs = [1 - r.test_acc() for _, r in runs]
+            first = runs[0][1]
+            rows.append([first.head_text(), recipe.split(f"{first.network}-", 1)[1],
+                         ", ".join(f"{err(1 - e)} (seed {s})" for (s, _), e in zip(runs, errs)),
+                         f"{100 * statistics.mean(errs):.2f}%",
+                         params_text(first)])
+        if not rows:
+            return f"No {DATASET_NAMES.get(dataset, dataset)} runs of {epochs} epochs committed."
+        return md_table(["head", "recipe (run name less -seed<N>)", "test error per seed",
+                         "mean test error", "parameters"],
+                        rows)
+    return gen
+
+
 def t_readme_results(ctx: Ctx) -> str:
     rows, legacy = [], False
     for r in all_runs():
@@ -712,6 +739,8 @@ TABLES = {
         "No Fashion-MNIST run is committed yet (runs committed as "
         "`docs/runs/fashion-mnist-mnist-cnn-<head>-…/` appear here).")),
         [f"{RUNS_DIR}/fashion-mnist-*/"]),
+    "results-fashion-mnist-seeds": (t_seed_summary("fashion-mnist", 10),
+                                    [f"{RUNS_DIR}/fashion-mnist-*/"]),
     "results-cifar10": (t_results("cifar10", "No CIFAR-10 run is committed."),
                         [f"{RUNS_DIR}/cifar10-*/", "LEGACY_RUNS"]),
     "results-other": (t_results(None, "None committed."),

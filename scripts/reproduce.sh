@@ -6,10 +6,12 @@
 #                                # quick start (Fashion-MNIST, 2 epochs): ~10 min on 2 cores once
 #                                # the release build exists, then a table
 #   scripts/reproduce.sh fashion # Fashion-MNIST mnist-cnn, 10 epochs with each head's default
-#                                # recipe, circulant and dense (~15 min on 2 cores)
+#                                # recipe: circulant, dense, block:64, and circulant with a
+#                                # dense classifier (~25 min on 2 cores)
 #   scripts/reproduce.sh full    # every run in docs/RESULTS.md: MNIST (mnist-cnn, mlp),
-#                                # Fashion-MNIST, CIFAR-10 (cifar-cnn), with dense, circulant,
-#                                # block:64 and dense-classifier heads, then the AlexNet timings
+#                                # Fashion-MNIST (and its second seed), CIFAR-10 (cifar-cnn),
+#                                # with dense, circulant, block:64 and dense-classifier heads,
+#                                # then the AlexNet timings
 #                                # and the synthetic ImageFolder pipeline run (hours on 2 cores;
 #                                # CIFAR-10 alone ~10 h on CPU: set DEVICE=cuda with a GPU build)
 #
@@ -31,12 +33,16 @@ export TRAINER=${TRAINER:-$ROOT/target/release/trainer}
 
 # Jobs: "dataset model head epochs optimizer [extra trainer options]"; optimizer "default" runs
 # the trainer's default recipe (no --optimizer), "quickstart" too: the README's quick start.
+# A run is named <dataset>-<model>-<head>-<optimizer>-<epochs>ep, then -dense-classifier,
+# -lr<LR> and -seed<N> for those extra options (seed 0 unless one is given).
 case $MODE in
   quick) JOBS=("mnist mnist-cnn dense 1 sgd" "mnist mnist-cnn circulant 1 sgd"
                "mnist mnist-cnn circulant 5 default"
                "fashion-mnist mnist-cnn circulant 2 quickstart") ;;
   fashion) JOBS=("fashion-mnist mnist-cnn circulant 10 default"
-                 "fashion-mnist mnist-cnn dense 10 default") ;;
+                 "fashion-mnist mnist-cnn dense 10 default"
+                 "fashion-mnist mnist-cnn block:64 10 default"
+                 "fashion-mnist mnist-cnn circulant 10 default --classifier-head dense") ;;
   full) JOBS=(
           "mnist mnist-cnn dense 5 sgd" "mnist mnist-cnn circulant 5 sgd"
           "mnist mnist-cnn dense 5 adamw" "mnist mnist-cnn circulant 5 adamw"
@@ -48,8 +54,15 @@ case $MODE in
           "fashion-mnist mnist-cnn dense 2 sgd" "fashion-mnist mnist-cnn circulant 2 sgd"
           "fashion-mnist mnist-cnn block:64 2 sgd"
           "fashion-mnist mnist-cnn circulant 10 default" "fashion-mnist mnist-cnn dense 10 default"
-          "cifar10 cifar-cnn dense 12 adamw --batch-size 128 --min-crop-scale 0.5"
-          "cifar10 cifar-cnn circulant 12 adamw --batch-size 128 --min-crop-scale 0.5") ;;
+          "fashion-mnist mnist-cnn block:64 10 default"
+          "fashion-mnist mnist-cnn circulant 10 default --classifier-head dense"
+          "fashion-mnist mnist-cnn circulant 10 default --seed 1"
+          "fashion-mnist mnist-cnn dense 10 default --seed 1"
+          "fashion-mnist mnist-cnn block:64 10 default --seed 1"
+          "fashion-mnist mnist-cnn circulant 10 default --lr 0.01"
+          "cifar10 cifar-cnn dense 12 adamw --lr 0.001 --batch-size 128 --min-crop-scale 0.5"
+          "cifar10 cifar-cnn circulant 12 adamw --lr 0.001 --batch-size 128 --min-crop-scale 0.5"
+          "cifar10 cifar-cnn block:64 12 adamw --lr 0.001 --batch-size 128 --min-crop-scale 0.5") ;;
   *) echo "usage: $0 quick|fashion|full" >&2; exit 2 ;;
 esac
 DEVICE=${DEVICE:-cpu}
@@ -80,12 +93,19 @@ for job in "${JOBS[@]}"; do
   opt=()
   [[ $optimizer = default || $optimizer = quickstart ]] || opt=(--optimizer "$optimizer")
   [[ " ${extra[*]} " == *" --classifier-head dense "* ]] && variant=$variant-dense-classifier
+  [[ " ${extra[*]} " =~ " --lr "([^ ]+)" " ]] && variant=$variant-lr${BASH_REMATCH[1]}
+  # Seed 0 unless the job sets one (then named in the variant).
+  seed=(--seed 0)
+  if [[ " ${extra[*]} " =~ " --seed "([0-9]+)" " ]]; then
+    variant=$variant-seed${BASH_REMATCH[1]}
+    seed=()
+  fi
   name=$dataset-$model-${head/:/}-$variant
   out=$RUNS/$name
   rm -rf "$out"
   echo "==> $name -> $out"
   "$TRAINER" train --dataset "$dataset" "${data[@]}" --model "$model" --head "$head" \
-    --epochs "$epochs" "${opt[@]}" "${extra[@]}" --seed 0 --out "$out" --no-progress \
+    --epochs "$epochs" "${opt[@]}" "${extra[@]}" "${seed[@]}" --out "$out" --no-progress \
     | tee "$out.log"
   if [ "${RECORD:-0}" = 1 ]; then
     rec=$ROOT/docs/runs/$name
